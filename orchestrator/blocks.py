@@ -1,0 +1,78 @@
+"""Layers shared by the supernet and standalone networks.
+
+``MBConv`` is the one block class: a supernet's mixed block holds one ``MBConv`` per candidate and a derived
+network holds the chosen one, so extraction copies modules (and weights) rather than translating them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) + BatchNorm + optional ReLU6, the stem, feature-mix and MBConv sub-layers."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-3,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        super().__init__(*layers)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck: 1x1 expand (absent at expansion 1), kxk depthwise, 1x1 linear project.
+
+    The identity shortcut is not part of the op: the owning block adds it, so that a ``zero`` op (skip)
+    and an MBConv op share the same residual wiring.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-3,
+        mid_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        mid = mid_channels if mid_channels is not None else round(cin * expand)
+        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
+        self.cin, self.cout, self.kernel, self.stride, self.expand, self.mid = cin, cout, kernel, stride, expand, mid
+        self.expand_conv = ConvBNAct(cin, mid, 1, **bn) if expand != 1 else None
+        self.depthwise = ConvBNAct(mid, mid, kernel, stride, groups=mid, **bn)
+        self.project = ConvBNAct(mid, cout, 1, act=False, **bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.expand_conv is not None:
+            x = self.expand_conv(x)
+        return self.project(self.depthwise(x))
+
+
+def init_weights(module: nn.Module) -> None:
+    """MobileNet-style initialisation, used for every network the project builds."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
