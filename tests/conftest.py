@@ -28,3 +28,24 @@ def _quiet_threads():
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield
+
+
+def run_nas(*args: str, env: dict | None = None, timeout: float = 300):
+    """Run the installed ``nas`` console command in a subprocess, as a user would."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "nas"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    """A user error: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], lines[0]

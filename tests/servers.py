@@ -57,3 +57,317 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     return s3_server
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subprocess servers: an MLflow tracking server and a two-node Ray cluster started with the `ray` CLI.
+#
+# Each server runs in its own session (start_new_session=True), so its process group holds everything it
+# spawned; teardown signals that group (and, for Ray, any process whose command line names the cluster's
+# private temp dir) and nothing else. Never `ray stop`: it stops every Ray process on the machine.
+# --------------------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent  # `mlflow`, `ray` and `python` of the interpreter running the tests
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (the usual small race applies)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    # A stray RAY_ADDRESS / tracking URI of the calling shell must not leak into a server or a CLI.
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(k, None)
+    env.update(extra or {})
+    return env
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    """PIDs (other than ours) whose command line contains ``marker`` (a path unique to one server)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 15.0, marker: str | None = None) -> None:
+    """SIGTERM the process (it shuts down what it started), then SIGKILL its process group and, if given,
+    any leftover process whose command line names ``marker``. Only touches processes this fixture started."""
+    pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + 5
+    leftovers = _pids_mentioning(marker) if marker else []
+    while time.monotonic() < deadline and (proc.poll() is None or any(_alive(p) for p in leftovers)):
+        time.sleep(0.2)
+    for kill in (lambda: os.killpg(pgid, signal.SIGKILL), *[
+            (lambda p=p: os.kill(p, signal.SIGKILL)) for p in (_pids_mentioning(marker) if marker else [])]):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before answering {url}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s:\n{_tail(log)}")
+
+
+# ---- MLflow -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MlflowServer:
+    tracking_uri: str  # "http://127.0.0.1:PORT": what clients (and Ray workers) set as MLFLOW_TRACKING_URI
+    artifacts_destination: str  # "s3://bucket/prefix" or "file:///abs/dir": where the server stores artifacts
+    backend_store_uri: str  # "sqlite:////abs/mlflow.db"
+    log_path: Path  # the server's stdout+stderr
+
+    @property
+    def s3_bucket(self) -> str | None:
+        """The artifact bucket when artifacts go to S3, else None."""
+        return self.artifacts_destination[5:].split("/", 1)[0] if self.artifacts_destination.startswith("s3://") else None
+
+    @property
+    def s3_prefix(self) -> str:
+        """The key prefix under ``s3_bucket`` ("" for the bucket root or local artifacts)."""
+        if not self.artifacts_destination.startswith("s3://"):
+            return ""
+        rest = self.artifacts_destination[5:].split("/", 1)
+        return rest[1].strip("/") if len(rest) > 1 else ""
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients: only the tracking URI (the server proxies artifacts; clients need no S3 keys)."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri}
+
+
+@contextmanager
+def start_mlflow_server(workdir: Path, artifacts_destination: str | None = None,
+                        backend_store_uri: str | None = None, env: dict[str, str] | None = None,
+                        timeout: float = 90.0):
+    """Run ``mlflow server`` on 127.0.0.1 (free port) until the block exits.
+
+    ``artifacts_destination`` defaults to ``file://<workdir>/artifacts``; ``backend_store_uri`` to SQLite in
+    ``workdir``. ``env`` is added to the server's environment (S3 credentials, MLFLOW_S3_ENDPOINT_URL)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    backend = backend_store_uri or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    artifacts = artifacts_destination or (workdir / "artifacts").resolve().as_uri()
+    log = workdir / "mlflow-server.log"
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend,
+           "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=_base_env(env), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout, "mlflow server")
+        yield MlflowServer(f"http://127.0.0.1:{port}", artifacts, backend, log)
+    finally:
+        _stop_group(proc, grace=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """An MLflow server: SQLite backend in a tmp dir, artifacts proxied to ``s3://<new bucket>/mlflow`` on the
+    moto server (``s3_server``). Yields ``MlflowServer`` (``tracking_uri``, ``s3_bucket``, ``s3_prefix``, ...).
+    Start-up about 12 s; session scope."""
+    bucket = s3_server.new_bucket()
+    env = {**s3_server.env(), "MLFLOW_S3_ENDPOINT_URL": s3_server.url}
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-s3"), f"s3://{bucket}/mlflow", env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_local(tmp_path_factory):
+    """An MLflow server with SQLite backend and local artifacts (``file://<tmp>/artifacts``); no S3 needed."""
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-local")) as server:
+        yield server
+
+
+# ---- Ray, two nodes, via the CLI ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RayCliCluster:
+    gcs_address: str  # "127.0.0.1:PORT": for `ray start --address`, `ray.init(address=...)`
+    dashboard_url: str  # "http://127.0.0.1:PORT": RAY_API_SERVER_ADDRESS for `ray job submit`
+    temp_dir: Path  # the cluster's private --temp-dir (logs under session_latest/logs)
+    env: dict  # full environment for `ray` CLI calls and drivers: RAY_AUTH_MODE/RAY_AUTH_TOKEN, PATH, ...
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True, cwd=None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run ``ray <args>`` (e.g. ``"job", "submit", ...``) against this cluster; returns the completed
+        process with text stdout/stderr."""
+        env = {**self.env, **(extra_env or {})}
+        cp = subprocess.run([str(VENV_BIN / "ray"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"ray {' '.join(args)} exited {cp.returncode}\n"
+                                 f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}")
+        return cp
+
+
+def _ray_node_ports(head: bool) -> list[str]:
+    """Explicit free ports for every listener whose default is fixed, so that this cluster never collides
+    with another on the machine (another engineer's `ray start`, a second node here)."""
+    ports = ["--dashboard-agent-listen-port", str(free_port()),
+             "--dashboard-agent-grpc-port", str(free_port()),
+             "--runtime-env-agent-port", str(free_port()),
+             "--metrics-export-port", str(free_port())]
+    if head:
+        ports += ["--ray-client-server-port", str(free_port())]
+    return ports
+
+
+def _auth_headers(env: dict[str, str]) -> dict[str, str]:
+    token = env.get("RAY_AUTH_TOKEN") if env.get("RAY_AUTH_MODE") == "token" else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _alive_nodes(dashboard_url: str, env: dict[str, str]) -> list[dict]:
+    """Alive nodes as the dashboard's State API lists them (HTTP; no driver needed)."""
+    req = urllib.request.Request(f"{dashboard_url}/api/v0/nodes?limit=100&detail=false",
+                                 headers=_auth_headers(env))
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = json.loads(r.read())
+    return [n for n in body["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+
+def _wait_nodes(env: dict[str, str], dashboard_url: str, n: int, procs, logs, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        for p, log in zip(procs, logs):
+            if p.poll() is not None:
+                raise RuntimeError(f"ray start exited with {p.returncode}:\n{_tail(log)}")
+        try:
+            nodes = _alive_nodes(dashboard_url, env)
+            last = len(nodes)
+            if len(nodes) >= n:
+                return
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
+            last = e
+        time.sleep(0.5)
+    raise RuntimeError(f"cluster at {dashboard_url} did not reach {n} alive nodes in {timeout:.0f} s (last: {last})\n"
+                       + "\n".join(_tail(log, 2000) for log in logs))
+
+
+@contextmanager
+def start_ray_cli_cluster(head_cpus: int = 2, worker_cpus: int = 1, auth_mode: str = "token",
+                          timeout: float = 120.0):
+    """A head (``ray start --head --block``) and a second node (``ray start --address=... --block``,
+    resource ``worker_node: 1``) as subprocesses of this process, with a private ``--temp-dir``.
+
+    ``auth_mode`` is ``token`` (a fresh random token passed as RAY_AUTH_TOKEN; ~/.ray/auth_token is neither read
+    nor written) or ``disabled``. Every command against the cluster must use ``RayCliCluster.env``: Ray
+    rejects a peer whose RAY_AUTH_MODE differs (InvalidAuthToken)."""
+    # Short path: Ray's Unix sockets live under the temp dir (108-byte limit on socket paths).
+    temp_dir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
+    logs_dir = temp_dir / "cli-logs"
+    logs_dir.mkdir()
+    extra = {"RAY_AUTH_MODE": auth_mode, "RAY_USAGE_STATS_ENABLED": "0"}
+    if auth_mode == "token":
+        extra["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    env = _base_env(extra)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    gcs_port, dash_port = free_port(), free_port()
+    gcs = f"127.0.0.1:{gcs_port}"
+    ray = str(VENV_BIN / "ray")
+    head_cmd = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+                f"--num-cpus={head_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+                *_ray_node_ports(head=True), "--block"]
+    worker_cmd = [ray, "start", f"--address={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
+                  "--num-gpus=0", '--resources={"worker_node": 1}', f"--temp-dir={temp_dir}",
+                  "--disable-usage-stats", *_ray_node_ports(head=False), "--block"]
+    procs: list[subprocess.Popen] = []
+    logs = [logs_dir / "head.log", logs_dir / "worker.log"]
+    try:
+        for cmd, log in zip((head_cmd, worker_cmd), logs):
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
+            if cmd is head_cmd:
+                _wait_http(f"http://127.0.0.1:{dash_port}/api/gcs_healthz", procs[0], log, timeout, "ray head")
+        _wait_nodes(env, f"http://127.0.0.1:{dash_port}", 2, procs, logs, timeout)
+        yield RayCliCluster(gcs, f"http://127.0.0.1:{dash_port}", temp_dir, env)
+    finally:
+        for p in reversed(procs):  # the worker node first, then the head
+            _stop_group(p, grace=20, marker=str(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cli_cluster():
+    """Two Ray nodes started with the CLI: head (2 CPUs, dashboard) + worker (1 CPU, ``worker_node: 1``), token
+    auth. Yields ``RayCliCluster`` (gcs_address, dashboard_url, temp_dir, env, run(...)). About 15 s to start."""
+    with start_ray_cli_cluster() as cluster:
+        yield cluster

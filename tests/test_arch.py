@@ -1,0 +1,91 @@
+"""The architecture grammar round-trips, and spaces reject what they cannot build."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orchestrator.arch import ZERO, Arch, Op, Widths
+from orchestrator.spaces import get_space, space_names
+
+
+def test_op_tokens_round_trip():
+    for token in ("k3e3", "k5e6", "k7e1", "zero"):
+        assert Op.parse(token).encode() == token
+    assert Op.parse("zero") is ZERO
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_space_candidates_round_trip(name):
+    space = get_space(name)
+    for op in space.candidates:
+        assert Op.parse(op.encode()) == op
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_random_architectures_round_trip(name):
+    space = get_space(name)
+    rng = random.Random(1234)
+    seen = set()
+    for _ in range(200):
+        arch = space.random_arch(rng)
+        text = arch.encode()
+        assert Arch.parse(text) == arch
+        assert Arch.parse(text).encode() == text
+        assert space.parse(text) == arch
+        assert space.arch_from_indices(space.indices(arch)) == arch
+        seen.add(text)
+    assert len(seen) > 150  # sampling explores the space rather than repeating one string
+
+
+def test_widths_round_trip():
+    text = "proxyless-imagenet@40,24,32,56,112,128,256,432,1728:" + "/".join(
+        ".".join(["k3e3"] * d) for d in (4, 4, 4, 4, 4, 1)
+    )
+    arch = Arch.parse(text)
+    assert arch.widths == Widths(40, 24, (32, 56, 112, 128, 256, 432), 1728)
+    assert arch.encode() == text
+    get_space("proxyless-imagenet").validate(arch)
+
+
+def test_imagenet_space_matches_the_paper():
+    space = get_space("proxyless-imagenet")
+    assert space.resolution == 224 and space.num_classes == 1000
+    assert (space.stem, space.first, space.head) == (32, 16, 1280)
+    assert [s.width for s in space.stages] == [24, 40, 80, 96, 192, 320]
+    assert list(space.depths) == [4, 4, 4, 4, 4, 1]
+    assert [s.stride for s in space.stages] == [2, 2, 2, 1, 2, 1]
+    assert [o.encode() for o in space.candidates] == ["k3e3", "k3e6", "k5e3", "k5e6", "k7e3", "k7e6", "zero"]
+    # zero exactly on stride-1, equal-width blocks: every block but the first of each stage, and none in the last
+    zero_ok = [b.zero_ok for b in space.blocks()]
+    assert zero_ok == [False, True, True, True] * 5 + [False]
+    assert space.stem_resolution() == 112 and space.blocks()[-1].out_resolution == 7
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    import dataclasses
+
+    space = get_space("tiny")
+    assert space.fingerprint() == get_space("tiny").fingerprint()
+    assert dataclasses.replace(space, resolution=32).fingerprint() != space.fingerprint()
+    assert dataclasses.replace(space, description="x").fingerprint() == space.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tiny:k3e3.zero/k5e6.k9e3", "not a candidate"),
+        ("tiny:k3e3.zero/k5e6.kxe3", "unknown op token"),
+        ("tiny:k3e3.zero/k5e6", "stage 2 of space 'tiny' has 2 blocks"),
+        ("tiny:k3e3.zero", "has 2 stages"),
+        ("tiny:zero.k3e3/k5e6.k3e3", "block 0 (stage 1) cannot be 'zero'"),
+        ("nosuch:k3e3", "unknown search space 'nosuch'"),
+        ("k3e3.zero", "expected 'SPACE:ops'"),
+        ("tiny:k4e3.zero/k5e6.k3e3", "odd"),
+    ],
+)
+def test_bad_architectures_are_refused_with_the_reason(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        arch = Arch.parse(text)
+        get_space(arch.space).validate(arch)
