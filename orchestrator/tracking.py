@@ -1,0 +1,130 @@
+"""MLflow as the record, through an explicit ``MlflowClient`` (no active-run globals, which diverge across Ray
+processes). Runs are created by a driver and written to by exactly one process (the driver or rank 0)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PARAM_LIMIT = 6000  # MLflow's param value length limit
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use everywhere: the given one, ``MLFLOW_TRACKING_URI``, else SQLite in the cwd.
+
+    Relative SQLite paths are made absolute, because Ray workers run in other working directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    elif "://" not in uri:
+        raise ValueError(f"tracking URI {uri!r} has no scheme: use http(s)://host:port or sqlite:///path")
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any training if the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise ValueError(f"MLflow tracking server {uri} answered /health with HTTP {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ValueError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ValueError(f"MLflow SQLite store {uri}: folder {parent} does not exist or is not writable")
+    elif uri.startswith(("postgresql://", "mysql://", "databricks")):
+        return
+    else:
+        raise ValueError(f"unsupported MLflow tracking URI {uri!r}")
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str, create: bool = True) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        raise ValueError(f"unknown MLflow experiment {name!r} at {uri}")
+    return c.create_experiment(name)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            text = v if isinstance(v, str) else json.dumps(v)
+            out[key] = text[:PARAM_LIMIT]
+    return out
+
+
+def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any] | None = None,
+               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) and log its params; returns the run id."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    all_tags = dict(tags or {})
+    all_tags["mlflow.runName"] = run_name
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    flat = _flatten(params or {})
+    items = [Param(k, v) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[i : i + 100])
+    log.info("MLflow run %s (%s) in experiment %s", run.info.run_id, run_name, experiment)
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
+    if items:
+        client(uri).log_batch(run_id, metrics=items)
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+
+
+def log_artifact_files(uri: str, run_id: str, files: Mapping[str, bytes | str], artifact_path: str | None = None) -> None:
+    """Log in-memory files as artifacts of a run (through the tracking server's artifact store)."""
+    c = client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            p = Path(tmp) / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data.encode() if isinstance(data, str) else data)
+        c.log_artifacts(run_id, tmp, artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status)
