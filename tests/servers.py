@@ -260,7 +260,14 @@ class RayCliCluster:
     gcs_address: str  # "127.0.0.1:PORT": for `ray start --address`, `ray.init(address=...)`
     dashboard_url: str  # "http://127.0.0.1:PORT": RAY_API_SERVER_ADDRESS for `ray job submit`
     temp_dir: Path  # the cluster's private --temp-dir (logs under session_latest/logs)
-    env: dict  # full environment for `ray` CLI calls and drivers: RAY_AUTH_MODE/RAY_AUTH_TOKEN, PATH, ...
+    env: dict  # full environment for `ray` CLI calls and driver subprocesses: RAY_AUTH_MODE, RAY_AUTH_TOKEN,
+    #            RAY_ADDRESS (gcs), RAY_API_SERVER_ADDRESS (dashboard), PATH with the venv's bin first
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """Only the auth variables (RAY_AUTH_MODE, and RAY_AUTH_TOKEN in token mode): set them (monkeypatch.setenv)
+        before an in-process ``ray.init(address=cluster.gcs_address)``."""
+        return {k: self.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN") if k in self.env}
 
     def run(self, *args: str, timeout: float = 120, check: bool = True, cwd=None,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -322,12 +329,13 @@ def _wait_nodes(env: dict[str, str], dashboard_url: str, n: int, procs, logs, ti
 
 @contextmanager
 def start_ray_cli_cluster(head_cpus: int = 2, worker_cpus: int = 1, auth_mode: str = "token",
-                          timeout: float = 120.0):
+                          object_store_mb: int = 512, timeout: float = 120.0):
     """A head (``ray start --head --block``) and a second node (``ray start --address=... --block``,
     resource ``worker_node: 1``) as subprocesses of this process, with a private ``--temp-dir``.
 
     ``auth_mode`` is ``token`` (a fresh random token passed as RAY_AUTH_TOKEN; ~/.ray/auth_token is neither read
-    nor written) or ``disabled``. Every command against the cluster must use ``RayCliCluster.env``: Ray
+    nor written) or ``disabled``. ``object_store_mb`` caps each node's object store (the machine is shared).
+    Every command against the cluster must use ``RayCliCluster.env``: Ray
     rejects a peer whose RAY_AUTH_MODE differs (InvalidAuthToken)."""
     # Short path: Ray's Unix sockets live under the temp dir (108-byte limit on socket paths).
     temp_dir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
@@ -344,10 +352,11 @@ def start_ray_cli_cluster(head_cpus: int = 2, worker_cpus: int = 1, auth_mode: s
     head_cmd = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                 f"--num-cpus={head_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                *_ray_node_ports(head=True), "--block"]
+                f"--object-store-memory={object_store_mb << 20}", *_ray_node_ports(head=True), "--block"]
     worker_cmd = [ray, "start", f"--address={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
                   "--num-gpus=0", '--resources={"worker_node": 1}', f"--temp-dir={temp_dir}",
-                  "--disable-usage-stats", *_ray_node_ports(head=False), "--block"]
+                  "--disable-usage-stats", f"--object-store-memory={object_store_mb << 20}",
+                  *_ray_node_ports(head=False), "--block"]
     procs: list[subprocess.Popen] = []
     logs = [logs_dir / "head.log", logs_dir / "worker.log"]
     try:
@@ -358,7 +367,10 @@ def start_ray_cli_cluster(head_cpus: int = 2, worker_cpus: int = 1, auth_mode: s
             if cmd is head_cmd:
                 _wait_http(f"http://127.0.0.1:{dash_port}/api/gcs_healthz", procs[0], log, timeout, "ray head")
         _wait_nodes(env, f"http://127.0.0.1:{dash_port}", 2, procs, logs, timeout)
-        yield RayCliCluster(gcs, f"http://127.0.0.1:{dash_port}", temp_dir, env)
+        dashboard = f"http://127.0.0.1:{dash_port}"
+        # For clients only (not for the `ray start` processes above): drivers and `ray job` find the cluster.
+        client_env = {**env, "RAY_ADDRESS": gcs, "RAY_API_SERVER_ADDRESS": dashboard}
+        yield RayCliCluster(gcs, dashboard, temp_dir, client_env)
     finally:
         for p in reversed(procs):  # the worker node first, then the head
             _stop_group(p, grace=20, marker=str(temp_dir))

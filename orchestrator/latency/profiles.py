@@ -1,15 +1,49 @@
-"""Hardware profiles by name: resolve what a config names (``flops``, or a table URI) into a ``LatencyModel``."""
+"""Hardware profiles by name: resolve what a config names (``flops``, ``pixel1``, or a measured profile with its
+table URI) into a ``LatencyModel``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from orchestrator.latency.hardware import known_hardware, parse_profile
 from orchestrator.latency.model import LatencyModel
 from orchestrator.spaces import SearchSpace
 
+# The official table ships beside the project (../shared/reference/proxylessnas), not inside the package.
+REFERENCE_PIXEL1 = Path(__file__).resolve().parents[3] / "shared" / "reference" / "proxylessnas" / "mobile_trim.yaml"
+
+
+def load_table(uri: str, hardware: str = "pixel1"):
+    """A table from a Parquet URI, or from an official YAML file (``.yaml``/``.yml``) imported on the fly."""
+    from orchestrator.latency.official import import_proxyless_yaml
+    from orchestrator.latency.table import LatencyTable
+
+    if uri.endswith((".yaml", ".yml")):
+        return import_proxyless_yaml(uri, hardware)
+    return LatencyTable.load(uri)
+
 
 def latency_model(hardware: str, space: SearchSpace, table: str | None = None) -> LatencyModel:
-    """The latency model for ``hardware`` on ``space``: analytic for ``flops``, else loaded from ``table``."""
-    if hardware == "flops":
+    """The latency model for ``hardware`` on ``space``: analytic for ``flops``, else from a table.
+
+    ``pixel1`` defaults to the official table beside the project; a measured profile (``cpu-...``,
+    ``cuda-...``) needs ``table``, a Parquet URI (local or ``s3://``) built for that hardware and space.
+    """
+    profile = parse_profile(hardware)
+    if profile.kind == "analytic":
         from orchestrator.latency.flops import flops_model
 
         return flops_model(space)
-    raise ValueError(f"unknown hardware {hardware!r} (known: flops)")
+    if table is None:
+        if profile.kind != "imported":
+            raise ValueError(f"hardware {hardware!r} is measured: give its table URI (nas latency build --out URI)")
+        if not REFERENCE_PIXEL1.is_file():
+            raise ValueError(f"no table given for {hardware!r} and the official one is not at {REFERENCE_PIXEL1}")
+        table = str(REFERENCE_PIXEL1)
+    t = load_table(table, hardware)
+    if t.provenance.hardware != hardware:
+        raise ValueError(f"table {table} is for hardware {t.provenance.hardware!r}, not {hardware!r}")
+    return t.to_model(space)
+
+
+__all__ = ["known_hardware", "latency_model", "load_table"]

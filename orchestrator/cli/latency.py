@@ -1,0 +1,170 @@
+"""``nas latency``: build, import, predict with and validate latency lookup tables."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import app
+
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+
+
+@app.group()
+def latency() -> None:
+    """Latency lookup tables: build on cluster hardware, import official ones, predict, validate."""
+
+
+def _profiles(names: tuple[str, ...], device: str, use_ray: bool):
+    """The profiles ``--hardware`` names; none means this node's device, ``all`` every one the cluster offers."""
+    from orchestrator.latency.hardware import cluster_profiles, default_profile, parse_profile
+
+    if not names:
+        return [default_profile(device)]
+    if "all" in names:
+        if not use_ray:
+            raise ValueError("--hardware all needs Ray (drop --local)")
+        import ray
+
+        found = cluster_profiles(ray.cluster_resources())
+        if not found:
+            raise ValueError("no node in the Ray cluster offers any hardware resource (hw:<name>)")
+        return list(found)
+    return [parse_profile(n) for n in names]
+
+
+def _out_for(out: str, hardware: str, several: bool) -> str:
+    if several and "{hardware}" not in out:
+        raise ValueError("--out must contain '{hardware}' when building several tables")
+    return out.replace("{hardware}", hardware)
+
+
+@latency.command("build")
+@click.option("--hardware", "hardware", multiple=True,
+              help="Profile to measure (repeatable; 'all' = every hw:<name> resource in the cluster; "
+                   "default: this node's device).")
+@click.option("--space", "space_name", required=True, help="Search space name, e.g. digits-32.")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch intra-op threads on CPU.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")
+@click.option("--repeats", type=int, default=30, show_default=True, help="Timed repeats per entry.")
+@click.option("--min-repeat-ms", type=float, default=2.0, show_default=True,
+              help="Each repeat times enough calls to last at least this long.")
+@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+              help="Which statistic of the repeats an entry's latency is.")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="Wall time, or the thread's CPU time (CPU, 1 thread: ignores time a busy host takes away).")
+@click.option("--method", type=click.Choice(["isolated", "in-network"]), default="isolated", show_default=True,
+              help="Time each module alone, or where it runs inside a whole network.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: from the hardware's kind).")
+@click.option("--resolution", type=int, default=None, help="Input side (default: the space's).")
+@click.option("--local", "local", is_flag=True, help="Measure in this process instead of as Ray tasks.")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
+@click.option("--out", "out", required=True, help="Table URI: a path or s3://bucket/key; '{hardware}' is replaced.")
+def build(hardware: tuple[str, ...], space_name: str, batch_size: int, threads: int, dtype: str, warmup: int,
+          repeats: int, min_repeat_ms: float, statistic: str, clock: str, method: str, device: str | None,
+          resolution: int | None, local: bool, address: str | None, endpoint: str | None, out: str) -> None:
+    """Measure every (block, candidate) of a space, plus stem and head, on each named hardware."""
+    import contextlib
+
+    from orchestrator.latency.measure import MeasureConfig
+    from orchestrator.latency.runner import build_tables, ray_session
+    from orchestrator.spaces import get_space
+
+    space = get_space(space_name)
+    with contextlib.nullcontext() if local else ray_session(address):
+        profiles = _profiles(hardware, device or "cpu", not local)
+        uris = [_out_for(out, p.name, len(profiles) > 1) for p in profiles]
+        settings = dict(batch_size=batch_size, threads=threads, dtype=dtype, warmup=warmup, repeats=repeats,
+                        min_repeat_ms=min_repeat_ms, resolution=resolution, statistic=statistic, clock=clock,
+                        method=method)
+        jobs = [(p, MeasureConfig(device=device or p.device, **settings)) for p in profiles]
+        tables = build_tables(space, jobs, use_ray=not local)
+    for table, uri in zip(tables, uris):
+        table.to_model(space)
+        table.save(uri, endpoint)
+        click.echo(f"{uri}: {table.provenance.hardware} ({len(table.entries)} entries)")
+
+
+@latency.command("import")
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["proxyless-yaml"]), required=True)
+@click.option("--hardware", default="pixel1", show_default=True, help="Profile name the table is known by.")
+@click.option("--space", "space_name", default="proxyless-imagenet", show_default=True)
+@click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
+@click.option("--out", "out", required=True, help="Table URI: a path or s3://bucket/key.")
+def import_(file: str, fmt: str, hardware: str, space_name: str, endpoint: str | None, out: str) -> None:
+    """Convert an official latency table FILE into this project's Parquet table."""
+    from orchestrator.latency.official import import_proxyless_yaml
+    from orchestrator.spaces import get_space
+
+    space = get_space(space_name)
+    table = import_proxyless_yaml(file, hardware, space, endpoint)
+    table.to_model(space)
+    table.save(out, endpoint)
+    click.echo(f"{out}: {hardware} ({len(table.entries)} entries)")
+
+
+@latency.command("predict")
+@click.option("--table", "table_uri", required=True, help="Table URI (path or s3://).")
+@click.argument("arch")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
+def predict(table_uri: str, arch: str, as_json: bool, endpoint: str | None) -> None:
+    """Latency in ms of ARCH (an architecture string or a net.config file) by the table's sum of entries."""
+    from orchestrator.latency.table import LatencyTable
+    from orchestrator.netconfig import load_arch
+
+    table = LatencyTable.load(table_uri, endpoint)
+    a = load_arch(arch)
+    ms = table.predict(a)
+    if as_json:
+        click.echo(json.dumps({"arch": a.encode(), "hardware": table.provenance.hardware, "latency_ms": ms,
+                               "table": table_uri}))
+    else:
+        click.echo(f"{ms:.3f} ms")
+
+
+@latency.command("validate")
+@click.option("--table", "table_uri", required=True, help="Table URI (path or s3://).")
+@click.option("--samples", type=int, default=50, show_default=True, help="Random architectures to measure.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every sample.")
+@click.option("--local", "local", is_flag=True, help="Measure in this process instead of as Ray tasks.")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
+def validate(table_uri: str, samples: int, seed: int, as_json: bool, local: bool, address: str | None,
+             endpoint: str | None) -> None:
+    """Measure random whole networks on the table's hardware and compare with its predictions."""
+    import contextlib
+
+    from orchestrator.latency.runner import config_of, ray_session, validate_table
+    from orchestrator.latency.table import LatencyTable
+
+    table = LatencyTable.load(table_uri, endpoint)
+    table.to_model()
+    config_of(table)
+    with contextlib.nullcontext() if local else ray_session(address):
+        v = validate_table(table, samples, seed, not local)
+    if as_json:
+        click.echo(json.dumps(v.to_dict()))
+    else:
+        click.echo(f"{v.hardware} on {v.space}: {v.samples} samples, MAPE {v.mape:.1%}, "
+                   f"Spearman {v.spearman:.3f}, within ±10% {v.within_10pct:.0%}")
+
+
+@latency.command("hardware")
+@click.option("--json", "as_json", is_flag=True)
+def hardware_cmd(as_json: bool) -> None:
+    """This node's measured profiles and the Ray resources that offer them (for ``ray start --resources``)."""
+    from orchestrator.latency.hardware import local_profiles, node_resources
+
+    profiles = local_profiles()
+    if as_json:
+        click.echo(json.dumps({"profiles": [p.name for p in profiles], "resources": node_resources(profiles)}))
+    else:
+        for p in profiles:
+            click.echo(f"{p.name}  (ray resource {p.resource})")

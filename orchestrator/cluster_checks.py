@@ -1,0 +1,41 @@
+"""Checks made before any training starts, so that bad input fails fast with one line instead of hanging:
+storage that cannot be written, a cluster too small for the requested workers."""
+
+from __future__ import annotations
+
+import uuid
+
+
+def check_storage(uri: str) -> str:
+    """Write and delete a marker under ``uri``; returns the normalised URI or raises ``ValueError``."""
+    from orchestrator.storage import one_line, resolve
+
+    loc = resolve(uri)
+    marker = loc.path(f".write-check-{uuid.uuid4().hex[:8]}")
+    try:
+        if not loc.is_s3:
+            loc.fs.create_dir(loc.root, recursive=True)
+        with loc.fs.open_output_stream(marker) as f:
+            f.write(b"ok")
+        loc.fs.delete_file(marker)
+    except OSError as e:
+        raise ValueError(f"storage path {uri} is not writable: {one_line(e)}") from None
+    return loc.uri
+
+
+def check_resources(num_workers: int, per_worker: dict[str, float], allow_autoscale: bool = False) -> None:
+    """Refuse a run whose workers cannot all be placed on the running cluster (Ray Train would retry forever)."""
+    import ray
+
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    if allow_autoscale:
+        return
+    total = ray.cluster_resources()
+    for name, amount in per_worker.items():
+        need, have = amount * num_workers, total.get(name, 0.0)
+        if need > have + 1e-9:
+            raise ValueError(
+                f"cluster has {have:g} {name} in all, but {num_workers} workers x {amount:g} {name} need {need:g}; "
+                f"lower the number of workers or the resources per worker"
+            )

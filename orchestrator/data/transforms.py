@@ -1,0 +1,54 @@
+"""The standard ImageNet transforms (torchvision ``transforms.v2``) and the image decoder shared by all readers.
+
+Weight steps see RandomResizedCrop + horizontal flip; architecture steps (the held-out split) and validation
+see Resize + CenterCrop, as ProxylessNAS does. Both end in ImageNet's mean/std normalisation and take either
+a PIL image (ImageFolder) or a decoded uint8 tensor (shards).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875  # 224 of 256, the usual eval crop
+
+
+def _check(resolution: int) -> None:
+    if resolution < 8:
+        raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
+
+
+def train_transform(resolution: int) -> v2.Compose:
+    """Random-resized crop and flip for weight training."""
+    _check(resolution)
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(resolution, scale=(0.08, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(resolution: int, crop_fraction: float = CROP_FRACTION) -> v2.Compose:
+    """Resize the short side to resolution/crop_fraction, then a centre crop: deterministic, for α steps and eval."""
+    _check(resolution)
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(int(math.ceil(resolution / crop_fraction)), antialias=True),
+        v2.CenterCrop(resolution),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """Encoded image bytes (JPEG, PNG, ...) to a (3, H, W) uint8 tensor; RuntimeError if they do not decode."""
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)

@@ -1,0 +1,299 @@
+"""Data-parallel supernet search on Ray Train, with architecture parameters bit-identical on every rank.
+
+Every rank samples the same paths without communicating (paths are a pure function of seed and step, see
+``search.sampling``), takes its slice of each global batch, and all-reduces (averages) the active path's
+weight gradients and α's gradient before every optimiser step, so every rank applies the same update. A cheap
+periodic check gathers every rank's α fingerprint and fails the run loudly if they ever differ.
+
+The driver checks storage, tracking and cluster resources before any worker starts, creates the MLflow run,
+and logs the result; rank 0 alone logs metrics and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.search.config import SearchConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "search_state.pt"
+META_FILE = "search-meta.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and how a search runs on the cluster (the search itself is the ``SearchConfig``)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs"  # local path (one node), NFS, or s3://bucket/prefix
+    name: str | None = None  # the run's folder under storage_path; the same name resumes it
+    max_failures: int = 2  # worker-group restarts after a worker or node failure
+    consistency_every: int = 10  # weight steps between α-consistency checks across ranks
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "nas-search"
+    parent_run_id: str | None = None  # MLflow parent (a sweep's trial) to nest under
+    tags: tuple[tuple[str, str], ...] = ()
+    allow_autoscale: bool = False  # skip the up-front resource check on autoscaling clusters
+    inject_failure_at_step: int | None = None  # fault injection: rank 1 kills itself once at this step
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers: must be at least 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures: must be 0 or more, got {self.max_failures}")
+        if self.consistency_every < 1:
+            raise ValueError(f"consistency_every: must be at least 1, got {self.consistency_every}")
+
+
+def default_run_name(cfg: SearchConfig) -> str:
+    return f"search-{cfg.space}-{cfg.hardware}-t{cfg.target:g}-s{cfg.seed}"
+
+
+# ---------------------------------------------------------------------------------------------------- collectives
+def allreduce_mean(tensors: list[torch.Tensor]) -> None:
+    """Average tensors in place across ranks, in one flat buffer (same order on every rank, since paths agree)."""
+    import torch.distributed as dist
+
+    if not tensors or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def gather_fingerprints(fingerprint: str) -> list[str]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [fingerprint]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, fingerprint)
+    return [str(f) for f in out]
+
+
+class RanksDiverged(RuntimeError):
+    """α differs between ranks: the search is no longer one search. Never retried silently."""
+
+
+def check_consistency(fingerprint: str, step: int) -> list[str]:
+    fps = gather_fingerprints(fingerprint)
+    if len(set(fps)) != 1:
+        raise RanksDiverged(f"architecture parameters diverged across ranks at step {step}: {fps}")
+    return fps
+
+
+# ---------------------------------------------------------------------------------------------------- the workers
+def train_loop_per_worker(config: dict) -> dict:
+    """Runs on every Train worker: restore or start, search with all-reduced gradients, report checkpoints."""
+    import ray.train
+
+    from orchestrator.search import load_data, resolve_latency, run_search
+    from orchestrator.search.config import config_from_dict
+    from orchestrator.search.state import alpha_fingerprint, state_dict
+    from orchestrator import tracking
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    cfg = config_from_dict(config["search"])
+    spec = RunSpec(**{**config["spec"], "tags": tuple(map(tuple, config["spec"]["tags"]))})
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    run_id, uri = config["run_id"], config["tracking_uri"]
+
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        log.info("rank %d resumes at step %d", rank, resume["step"])
+    restored = resume is not None
+
+    def on_step(state, row: dict) -> None:
+        if state.step % spec.consistency_every == 0 or state.step == state.total_steps:
+            check_consistency(alpha_fingerprint(state), state.step)
+        if rank == 0:
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            tracking.log_metrics(uri, run_id, metrics, step=state.step)
+        fail = spec.inject_failure_at_step
+        if fail is not None and not restored and rank == min(1, world - 1) and state.step >= fail:
+            log.warning("fault injection: rank %d kills itself at step %d", rank, state.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def checkpoint(state) -> None:
+        fps = check_consistency(alpha_fingerprint(state), state.step)
+        metrics = {"step": state.step, "arch_step": state.arch_step, "alpha_fingerprints": fps,
+                   "restored": restored, "world_size": world}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state_dict(state), Path(d) / CHECKPOINT_FILE)
+                (Path(d) / "alpha_fingerprints.json").write_text(json.dumps({"step": state.step, "ranks": fps}))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+    data = load_data(cfg)
+    result = run_search(cfg, data, sync=allreduce_mean, on_step=on_step, checkpoint=checkpoint, resume=resume,
+                        latency=resolve_latency(cfg), shard=(rank, world))
+    fps = check_consistency(result.alpha_fingerprint, result.steps)
+    out = result.to_dict()
+    out["rank_fingerprints"] = fps
+    out["restored"] = restored
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the driver
+@dataclass(frozen=True)
+class DistributedResult:
+    search: dict  # SearchResult.to_dict() from rank 0, plus rank_fingerprints
+    run_id: str
+    tracking_uri: str
+    storage_path: str
+    name: str
+    checkpoint_path: str | None
+    worker_seconds: float
+    wall_seconds: float
+
+
+def _run_meta(cfg: SearchConfig) -> dict:
+    from orchestrator.spaces import get_space
+
+    space = get_space(cfg.space)
+    return {"space": space.name, "space_fingerprint": space.fingerprint(), "config": cfg.to_dict()}
+
+
+def check_existing_run(storage: str, name: str, cfg: SearchConfig) -> None:
+    """Refuse to resume a run folder written by a search of another space (or another config)."""
+    from orchestrator import storage as st
+
+    loc = st.resolve(storage)
+    meta = f"{name}/{META_FILE}"
+    saved = json.loads(st.read_bytes(loc, meta)) if st.exists(loc, meta) else None
+    mine = _run_meta(cfg)
+    if saved is None:
+        st.publish_bytes(loc, meta, json.dumps(mine, indent=1).encode())
+        return
+    if saved["space_fingerprint"] != mine["space_fingerprint"]:
+        raise ValueError(
+            f"run {name!r} in {storage} holds a checkpoint of space {saved['space']!r} "
+            f"(fingerprint {saved['space_fingerprint']}), not {mine['space']!r} ({mine['space_fingerprint']}); "
+            f"refusing to resume it: choose another --name"
+        )
+    if saved["config"] != mine["config"]:
+        diff = sorted(k for k in set(saved["config"]) | set(mine["config"])
+                      if saved["config"].get(k) != mine["config"].get(k))
+        raise ValueError(f"run {name!r} in {storage} was started with another config (differs in "
+                         f"{', '.join(diff)}); refusing to resume it: choose another --name")
+
+
+def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResult:
+    """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator import tracking
+    from orchestrator.cluster_checks import check_resources, check_storage
+    from orchestrator.search import resolve_latency
+
+    resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
+    uri = tracking.resolve_tracking_uri(spec.tracking_uri)
+    tracking.check_tracking_uri(uri)
+    storage = check_storage(spec.storage_path)
+    name = spec.name or default_run_name(cfg)
+    check_existing_run(storage, name, cfg)
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    per_worker = {"CPU": spec.cpus_per_worker, **({"GPU": 1.0} if spec.use_gpu else {})}
+    check_resources(spec.num_workers, per_worker, spec.allow_autoscale)
+
+    from orchestrator.provenance import provenance
+    from orchestrator.spaces import get_space
+
+    space = get_space(cfg.space)
+    tags = {"nas.kind": "search", "nas.space": cfg.space, "nas.space_fingerprint": space.fingerprint(),
+            "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
+            "nas.storage": f"{storage}/{name}", **dict(spec.tags)}
+    run_id = tracking.create_run(uri, spec.experiment, name,
+                                 params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
+                                         "provenance": provenance()},
+                                 tags=tags, parent_run_id=spec.parent_run_id)
+    threads = max(1, int(spec.cpus_per_worker))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
+                           "threads": threads},
+        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=spec.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RuntimeError(f"search {name!r} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    wall = time.time() - t0
+    out = result.return_value
+    if out is None:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RuntimeError(f"search {name!r} returned no result")
+    ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
+    worker_seconds = wall * spec.num_workers
+    log_search_result(uri, run_id, out, cost={"worker_seconds": worker_seconds,
+                                              "gpu_seconds": worker_seconds if spec.use_gpu else 0.0,
+                                              "wall_seconds": wall})
+    tracking.end_run(uri, run_id)
+    return DistributedResult(out, run_id, uri, storage, name, ckpt_path, worker_seconds, wall)
+
+
+def alpha_table_csv(search: dict) -> str:
+    """α and probabilities per block and candidate, one row per block: the artifact users read in MLflow."""
+    cands = search["candidates"]
+    head = "block," + ",".join(f"alpha_{c}" for c in cands) + "," + ",".join(f"p_{c}" for c in cands)
+    rows = [head]
+    for b, (a, p) in enumerate(zip(search["alpha"], search["probs"])):
+        fmt = lambda v: "" if v is None or v != v or v in (float("inf"), float("-inf")) else f"{v:.6g}"  # noqa: E731
+        rows.append(f"{b}," + ",".join(fmt(v) for v in a) + "," + ",".join(fmt(v) for v in p))
+    return "\n".join(rows) + "\n"
+
+
+def log_search_result(uri: str, run_id: str, search: dict, cost: dict) -> None:
+    """The derived architecture, α table, net.config and result as artifacts; headline metrics; tags."""
+    from orchestrator import tracking
+    from orchestrator.arch import Arch
+    from orchestrator.netconfig import to_net_config
+
+    arch = Arch.parse(search["arch"])
+    tracking.log_artifact_files(uri, run_id, {
+        "arch.txt": search["arch"] + "\n",
+        "alpha.csv": alpha_table_csv(search),
+        "net.config": json.dumps(to_net_config(arch), indent=4),
+        "result.json": json.dumps(search, indent=1, default=str),
+    })
+    metrics = {"exact_latency": search["exact_latency"], "expected_latency": search["expected_latency"],
+               "entropy": search["entropy"], **cost}
+    if search.get("valid_accuracy") is not None:
+        metrics["supernet_valid_accuracy"] = search["valid_accuracy"]
+    tracking.log_metrics(uri, run_id, metrics, step=search["steps"])
+    tracking.set_tags(uri, run_id, {"nas.arch": search["arch"], "nas.alpha_fingerprint": search["alpha_fingerprint"]})

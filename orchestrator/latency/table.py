@@ -1,0 +1,249 @@
+"""Latency lookup tables: per-entry statistics plus provenance, stored as Parquet on a local path or S3.
+
+Entry keys reuse the architecture grammar so a key can be read (and pasted) anywhere: ``stem`` (stem conv and
+the fixed first block), ``head`` (feature mix, pool, classifier) and ``bNN:OP`` per searchable block, e.g.
+``b03:k5e6``. A ``bNN:zero`` entry is optional (a skipped block costs nothing unless measured). Provenance
+travels in the Parquet schema metadata, so a table is one self-describing object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.arch import Arch, Op
+from orchestrator import storage
+from orchestrator.latency.model import LatencyModel
+from orchestrator.spaces import SearchSpace, get_space
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_KEY = b"nas.latency.provenance"
+STEM, HEAD = "stem", "head"
+
+
+def utc_now() -> str:
+    """The table date: UTC, to the second, ISO 8601."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def block_key(index: int, op: Op) -> str:
+    """The entry key of candidate ``op`` on searchable block ``index``, e.g. ``b03:k5e6``."""
+    return f"b{index:02d}:{op.encode()}"
+
+
+def required_keys(space: SearchSpace) -> list[str]:
+    """Every key a table needs to price all architectures of ``space`` (``zero`` entries are optional)."""
+    keys = [STEM]
+    for spec in space.blocks():
+        keys += [block_key(spec.index, op) for op in space.candidates if not op.is_zero]
+    return keys + [HEAD]
+
+
+def preview_keys(keys: list[str], n: int = 8) -> str:
+    more = f", ... ({len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """One entry: ``latency_ms`` is the value the estimator sums; the rest describe its distribution."""
+
+    latency_ms: float
+    count: int
+    median_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    source_key: str | None = None  # the entry's key in the format it was imported from
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
+            raise ValueError(f"entry latency must be a finite non-negative number, got {self.latency_ms}")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a table was measured (or imported from), enough to refuse it where it does not apply."""
+
+    hardware: str
+    hardware_kind: str
+    space: str
+    space_fingerprint: str
+    resolution: int
+    batch_size: int
+    dtype: str
+    threads: int | None
+    device: str
+    device_name: str
+    torch_version: str | None
+    cuda_version: str | None
+    created: str
+    warmup: int | None = None
+    repeats: int | None = None
+    min_repeat_ms: float | None = None
+    statistic: str = "median"
+    clock: str = "wall"
+    method: str = "isolated"
+    call_overhead_ms: float = 0.0
+    source: str = "measured"
+    node_id: str | None = None
+    hostname: str | None = None
+    unit: str = "ms"
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Provenance":
+        if not isinstance(d, dict):
+            raise ValueError("latency table provenance is not a JSON object")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"latency table provenance lacks {', '.join(missing)}")
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(f"latency table format {d['format_version']} is newer than this code's {FORMAT_VERSION}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_SCHEMA = pa.schema(
+    [("key", pa.string())]
+    + [(f.name, {"count": pa.int64(), "source_key": pa.string()}.get(f.name, pa.float64()))
+       for f in fields(EntryStats)]
+)
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A lookup table: provenance and entries by key. Convert with ``to_model`` to search or estimate with it."""
+
+    provenance: Provenance
+    entries: dict[str, EntryStats] = field(hash=False)
+
+    # ---- checks and conversion --------------------------------------------------------------------------------
+    def check_space(self, space: SearchSpace) -> None:
+        """Refuse a table measured for another space, another version of the space, or another resolution."""
+        p = self.provenance
+        if p.space != space.name:
+            raise ValueError(f"table {p.hardware!r} was built for space {p.space!r}, not {space.name!r}")
+        if p.space_fingerprint != space.fingerprint():
+            raise ValueError(
+                f"table {p.hardware!r} was built for space {p.space!r} with fingerprint {p.space_fingerprint}, "
+                f"but the registered space has fingerprint {space.fingerprint()}: rebuild the table"
+            )
+        if p.resolution != space.resolution:
+            raise ValueError(
+                f"table {p.hardware!r} was measured at resolution {p.resolution}, "
+                f"but space {space.name!r} runs at {space.resolution}"
+            )
+
+    def missing(self, space: SearchSpace) -> list[str]:
+        return [k for k in required_keys(space) if k not in self.entries]
+
+    def space(self) -> SearchSpace:
+        return get_space(self.provenance.space)
+
+    def to_model(self, space: SearchSpace | None = None) -> LatencyModel:
+        """The ``LatencyModel`` of this table for ``space`` (default: the space it names), checked complete."""
+        space = space or self.space()
+        self.check_space(space)
+        missing = self.missing(space)
+        if missing:
+            raise ValueError(
+                f"table {self.provenance.hardware!r} lacks {len(missing)} entries of space {space.name!r}: "
+                f"{preview_keys(missing)}"
+            )
+        e = self.entries
+        costs = []
+        for spec in space.blocks():
+            row = []
+            for op in space.candidates:
+                if op.is_zero:
+                    zero = e.get(block_key(spec.index, op))
+                    row.append((zero.latency_ms if zero else 0.0) if spec.zero_ok else math.nan)
+                else:
+                    row.append(e[block_key(spec.index, op)].latency_ms)
+            costs.append(tuple(row))
+        fixed = e[STEM].latency_ms + e[HEAD].latency_ms + self.provenance.call_overhead_ms
+        return LatencyModel(space, self.provenance.hardware, tuple(costs), fixed, unit=self.provenance.unit,
+                            provenance=asdict(self.provenance))
+
+    def predict(self, arch: Arch) -> float:
+        """Latency of ``arch`` in ms; refuses architectures with their own widths (the table priced the space's)."""
+        space = self.space()
+        if arch.space != space.name:
+            raise ValueError(f"architecture is for space {arch.space!r}, table {self.provenance.hardware!r} "
+                             f"for {space.name!r}")
+        if arch.widths is not None and arch.widths != space.widths():
+            raise ValueError(f"architecture has its own widths {arch.widths.encode()}; the table priced "
+                             f"space {space.name!r} at {space.widths().encode()}")
+        return self.to_model(space).exact(arch)
+
+    # ---- Parquet ----------------------------------------------------------------------------------------------
+    def to_arrow(self) -> pa.Table:
+        rows = {name: [] for name in _SCHEMA.names}
+        for key, stats in self.entries.items():
+            rows["key"].append(key)
+            for f in fields(EntryStats):
+                rows[f.name].append(getattr(stats, f.name))
+        meta = {META_KEY: json.dumps(asdict(self.provenance), sort_keys=True).encode()}
+        return pa.Table.from_pydict(rows, schema=_SCHEMA.with_metadata(meta))
+
+    def to_parquet(self) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(self.to_arrow(), sink)
+        return sink.getvalue()
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, where: str = "table") -> "LatencyTable":
+        meta = table.schema.metadata or {}
+        if META_KEY not in meta:
+            raise ValueError(f"{where} is Parquet but not a latency table (no {META_KEY.decode()} metadata)")
+        try:
+            prov = Provenance.from_dict(json.loads(meta[META_KEY]))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{where} has malformed latency provenance: {e}") from None
+        missing_cols = [n for n in ("key", "latency_ms", "count") if n not in table.column_names]
+        if missing_cols:
+            raise ValueError(f"{where} lacks columns {', '.join(missing_cols)}")
+        names = [f.name for f in fields(EntryStats) if f.name in table.column_names]
+        entries: dict[str, EntryStats] = {}
+        for row in table.to_pylist():
+            key = row["key"]
+            if key in entries:
+                raise ValueError(f"{where} has entry {key!r} twice")
+            if row["latency_ms"] is None or row["count"] is None:
+                raise ValueError(f"{where}: entry {key!r} has no latency")
+            entries[key] = EntryStats(**{n: row[n] for n in names})
+        return cls(prov, entries)
+
+    @classmethod
+    def from_parquet(cls, data: bytes, where: str = "table") -> "LatencyTable":
+        try:
+            table = pq.read_table(pa.py_buffer(data))
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{where} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
+        return cls.from_arrow(table, where)
+
+    def save(self, uri: str, endpoint: str | None = None) -> str:
+        """Write the table to ``uri`` (local path or ``s3://``) as one whole object; returns ``uri``."""
+        storage.write_uri(uri, self.to_parquet(), endpoint)
+        log.info("wrote latency table %s (%d entries) to %s", self.provenance.hardware, len(self.entries), uri)
+        return uri
+
+    @classmethod
+    def load(cls, uri: str, endpoint: str | None = None) -> "LatencyTable":
+        return cls.from_parquet(storage.read_uri(uri, endpoint), where=uri)
+
+    def with_provenance(self, **changes) -> "LatencyTable":
+        return replace(self, provenance=replace(self.provenance, **changes))

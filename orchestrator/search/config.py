@@ -1,0 +1,259 @@
+"""Typed search configuration: frozen dataclasses loaded from YAML plus dotted ``--set`` overrides.
+
+Everything is checked when the config is built, so a bad value fails in milliseconds with the offending key
+named, before data, supernet or latency model are touched. Hardware names are resolved (and so checked) by
+``orchestrator.search.driver.prepare`` before any other work, because the set of profiles lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REGULARIZERS = ("mul#log", "add#linear", "latency", "none")
+ARCH_ALGOS = ("grad", "rl")
+DATASETS = ("digits", "imagenet")
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """Weight step: SGD with Nesterov momentum and a cosine schedule (official ProxylessNAS defaults)."""
+
+    lr: float = 0.025  # search-phase initial lr, cosine to 0 over the search epochs
+    warmup_lr: float = 0.05  # warm-up phase initial lr, its own cosine over the warm-up epochs
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.1
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture step: two-path BinaryConnect gradient (``grad``) or REINFORCE (``rl``), Adam on α."""
+
+    algo: str = "grad"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.0, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    init_std: float = 1e-3  # α ~ N(0, init_std), as the official arch_init_ratio
+    update_every: int = 5  # one architecture update every k weight steps (search epochs only)
+    update_steps: int = 1  # arch steps per update
+    batch_size: int = 256  # held-out batch per arch step
+    rescale: bool = True  # keep the sampled pair's total probability mass after each Adam step
+    regularizer: str = "mul#log"
+    reg_alpha: float = 0.2  # mul#log: CE * alpha * (log E[LAT] / log T) ** beta
+    reg_beta: float = 0.3
+    reg_lambda: float = 0.1  # add#linear: CE + lambda * (E[LAT] - T) / T
+    rl_samples: int = 10  # architectures sampled per REINFORCE update
+    rl_baseline_decay: float = 0.99
+    rl_tradeoff: float = 0.1  # reward = acc * (T / LAT) ** rl_tradeoff
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    holdout_per_class: int = 20  # held-out images per class for arch steps (official: 50 per ImageNet class)
+    valid_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search. ``epochs`` counts the whole run; the first ``warmup_epochs`` of it train weights only."""
+
+    space: str = "digits-32"
+    hardware: str = "flops"
+    latency_table: str | None = None
+    target: float = 1.0  # latency target T in the hardware profile's unit
+    epochs: int = 10
+    warmup_epochs: int = 2
+    seed: int = 0
+    log_every: int = 10  # weight steps per curve point / on_step call
+    checkpoint_every: int = 0  # weight steps between checkpoint hook calls; 0 = only at the end
+    weight: WeightConfig = field(default_factory=WeightConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["arch"]["betas"] = list(d["arch"]["betas"])
+        return d
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _fail(key: str, msg: str) -> None:
+    raise ValueError(f"{key}: {msg}")
+
+
+def _positive(key: str, value: float, strict: bool = True) -> None:
+    if value <= 0 if strict else value < 0:
+        _fail(key, f"must be {'positive' if strict else 'non-negative'}, got {value}")
+
+
+def validate(cfg: SearchConfig) -> None:
+    """Range and choice checks of every key; raises ``ValueError`` naming the first offending key."""
+    from orchestrator.spaces import get_space
+
+    try:
+        get_space(cfg.space)
+    except ValueError as e:
+        _fail("space", str(e))
+    if not cfg.hardware:
+        _fail("hardware", "must name a hardware profile, e.g. 'flops'")
+    _positive("target", cfg.target)
+    _positive("epochs", cfg.epochs)
+    _positive("warmup_epochs", cfg.warmup_epochs, strict=False)
+    if cfg.warmup_epochs >= cfg.epochs:
+        _fail("warmup_epochs", f"warm-up ({cfg.warmup_epochs} epochs) must be shorter than the run "
+                               f"(epochs={cfg.epochs}) so that search epochs remain")
+    _positive("log_every", cfg.log_every)
+    _positive("checkpoint_every", cfg.checkpoint_every, strict=False)
+    w, a, d = cfg.weight, cfg.arch, cfg.data
+    _positive("weight.lr", w.lr)
+    _positive("weight.warmup_lr", w.warmup_lr)
+    if not 0 <= w.momentum < 1:
+        _fail("weight.momentum", f"must be in [0, 1), got {w.momentum}")
+    if w.nesterov and w.momentum == 0:
+        _fail("weight.nesterov", "Nesterov momentum needs weight.momentum > 0")
+    _positive("weight.weight_decay", w.weight_decay, strict=False)
+    if not 0 <= w.label_smoothing < 1:
+        _fail("weight.label_smoothing", f"must be in [0, 1), got {w.label_smoothing}")
+    _positive("weight.batch_size", w.batch_size)
+    if a.algo not in ARCH_ALGOS:
+        _fail("arch.algo", f"unknown algorithm {a.algo!r} (known: {', '.join(ARCH_ALGOS)})")
+    _positive("arch.lr", a.lr)
+    if len(a.betas) != 2 or not all(0 <= b < 1 for b in a.betas):
+        _fail("arch.betas", f"must be two numbers in [0, 1), got {a.betas}")
+    _positive("arch.eps", a.eps)
+    _positive("arch.weight_decay", a.weight_decay, strict=False)
+    _positive("arch.init_std", a.init_std, strict=False)
+    _positive("arch.update_every", a.update_every)
+    _positive("arch.update_steps", a.update_steps)
+    _positive("arch.batch_size", a.batch_size)
+    if a.regularizer not in REGULARIZERS:
+        _fail("arch.regularizer", f"unknown regularizer {a.regularizer!r} (known: {', '.join(REGULARIZERS)})")
+    _positive("arch.reg_alpha", a.reg_alpha)
+    _positive("arch.reg_beta", a.reg_beta)
+    _positive("arch.reg_lambda", a.reg_lambda, strict=False)
+    if a.regularizer == "mul#log" and cfg.target <= 1:
+        _fail("target", f"mul#log divides by log(target), so the target must exceed 1 in the profile's unit, "
+                        f"got {cfg.target}; use arch.regularizer=add#linear for sub-unit latencies")
+    _positive("arch.rl_samples", a.rl_samples)
+    if not 0 <= a.rl_baseline_decay < 1:
+        _fail("arch.rl_baseline_decay", f"must be in [0, 1), got {a.rl_baseline_decay}")
+    _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
+    if d.name not in DATASETS:
+        _fail("data.name", f"unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
+    _positive("data.holdout_per_class", d.holdout_per_class)
+    if not 0 <= d.valid_fraction < 1:
+        _fail("data.valid_fraction", f"must be in [0, 1), got {d.valid_fraction}")
+
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Bring a YAML value to a field's type, rejecting what would silently change meaning (e.g. '1' for 1)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping, got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(value) != len(args):
+            _fail(key, f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(key, t, v) for t, v in zip(args, value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        _fail(prefix + unknown[0], f"unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML (``0.1``, ``true``, ``[0, 0.9]``)."""
+    out = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. arch.lr=0.01")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ValueError(f"{key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d: dict) -> dict:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    if not isinstance(data, dict):
+        raise ValueError(f"a search config must be a mapping, got {type(data).__name__}")
+    return _build(SearchConfig, apply_overrides(data, overrides))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """Read a YAML preset, apply ``--set`` overrides and validate; ``ValueError`` names the bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return config_from_dict(data, overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

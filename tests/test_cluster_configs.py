@@ -1,0 +1,396 @@
+"""The cloud artefacts of issue 8 are consistent and safe: the image (Dockerfile), the Ray cluster-launcher config
+(cluster/aws.yaml, against Ray's own schema), the KubeRay manifests, the node scripts, and the operator guide."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+SCRIPTS = CLUSTER / "scripts"
+GUIDE = ROOT / "docs" / "operator-guide.md"
+
+PLACEHOLDER = re.compile(r"REPLACE_ME_[A-Z_]+")
+KNOWN_PLACEHOLDERS = {"REPLACE_ME_ACCOUNT_ID", "REPLACE_ME_BUCKET", "REPLACE_ME_AMI"}
+SECRET_PATTERNS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # an AWS access key id
+    re.compile(r"aws_(access_key_id|secret_access_key|session_token)\s*[:=]", re.I),
+    re.compile(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)\s*[:=]"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"RAY_AUTH_TOKEN\s*[:=]\s*['\"]?[0-9a-f]{16,}"),
+]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _pinned(name: str) -> str:
+    for dep in _pyproject()["project"]["dependencies"]:
+        m = re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==([\w.]+)", dep.replace(" ", ""))
+        if m:
+            return m.group(2)
+    raise AssertionError(f"{name} is not pinned with == in pyproject.toml")
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not buf and line.lstrip().startswith("#"):
+            continue
+        buf += line.rstrip()
+        if buf.endswith("\\"):
+            buf = buf[:-1] + " "
+            continue
+        if buf.strip():
+            word, _, rest = buf.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _base_tag() -> str:
+    froms = [a for i, a in _dockerfile_instructions() if i == "FROM"]
+    assert len(froms) == 1, froms
+    image = froms[0].split()[0]
+    assert image.startswith("rayproject/ray:"), image
+    return image.split(":", 1)[1]
+
+
+def _expected_image_tag() -> str:
+    """Our image's tag: <project version>-ray<base image tag>, e.g. 0.1.0-ray2.60.0-py311-gpu."""
+    return f"{_pyproject()['project']['version']}-ray{_base_tag()}"
+
+
+def _aws() -> dict:
+    return yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+
+
+def _kube_docs() -> dict[str, list[dict]]:
+    docs = {}
+    for f in sorted(KUBERAY.glob("*.yaml")):
+        docs[f.name] = [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def _images(obj) -> list[str]:
+    """Every value of an ``image`` key anywhere in a manifest."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "image" and isinstance(v, str):
+                found.append(v)
+            else:
+                found += _images(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found += _images(v)
+    return found
+
+
+def _walk(obj, key):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                yield v
+            yield from _walk(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v, key)
+
+
+def _cluster_files() -> list[Path]:
+    return sorted(p for p in CLUSTER.rglob("*") if p.is_file())
+
+
+# ---- Dockerfile --------------------------------------------------------------------------------------------
+
+def test_dockerfile_base_is_pinned_official_ray_gpu_image_matching_pyproject():
+    tag = _base_tag()
+    py = _pyproject()["project"]["requires-python"]
+    assert re.search(r">=\s*3\.11", py) and "<3.12" in py.replace(" ", "")
+    assert tag == f"{_pinned('ray')}-py311-gpu", tag
+    assert "latest" not in tag
+
+
+def test_dockerfile_installs_project_like_the_makefile_as_non_root_without_secrets():
+    ins = _dockerfile_instructions()
+    runs = " ".join(a for i, a in ins if i == "RUN")
+    assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), runs  # `pip install .`
+    copies = " ".join(a for i, a in ins if i == "COPY")
+    assert "pyproject.toml" in copies and "orchestrator" in copies
+    users = [a for i, a in ins if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    for i, a in ins:
+        if i in ("ENV", "ARG"):
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*=", a) or [a.split()[0]]
+            for n in names:
+                assert not re.search(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", n, re.I), f"{i} {a}"
+    text = (ROOT / "Dockerfile").read_text()
+    assert not any(p.search(text) for p in SECRET_PATTERNS)
+
+
+def test_dockerignore_keeps_local_state_and_credentials_out_of_the_build():
+    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")}
+    for must in (".git", ".venv", "**/.env", "**/*.pem", "**/.aws", "mlflow.db", "mlruns"):
+        assert must in ignored, must
+    for needed in ("pyproject.toml", "README.md", "orchestrator", "workloads", "configs"):
+        assert needed not in ignored, needed
+
+
+# ---- cluster/aws.yaml --------------------------------------------------------------------------------------
+
+def test_aws_config_passes_rays_own_schema_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = _aws()
+    validate_config(copy.deepcopy(cfg))  # the raw file, against ray/autoscaler/ray-schema.json
+    merged = prepare_config(copy.deepcopy(cfg))  # merged with Ray's AWS defaults, as `ray up` does
+    validate_config(merged)
+    assert merged["setup_commands"] == []  # Ray's default setup (pip install a nightly wheel) must not run
+    assert merged["available_node_types"][merged["head_node_type"]]["max_workers"] == 0
+
+
+def test_aws_node_types_cpu_head_and_gpu_spot_and_on_demand_with_limits():
+    cfg = _aws()
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert not head["resources"].get("GPU") and head["resources"].get("CPU") == 0
+    assert not re.match(r"(g|p)\d", head["node_config"]["InstanceType"])
+    spot = [t for t in types.values() if t["resources"].get("GPU")
+            and t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    ondemand = [t for t in types.values() if t["resources"].get("GPU")
+                and "InstanceMarketOptions" not in t["node_config"]]
+    assert spot and ondemand
+    for name, t in types.items():
+        if t is head:
+            continue
+        assert 0 <= t.get("min_workers", 0) <= t["max_workers"] <= cfg["max_workers"], name
+    assert cfg["max_workers"] <= sum(t["max_workers"] for t in types.values() if t is not head)
+    assert 0 < cfg["idle_timeout_minutes"] <= 60
+    assert cfg["provider"]["type"] == "aws" and cfg["provider"].get("cache_stopped_nodes") is False
+
+
+def test_aws_uses_the_project_image_and_instance_profiles_not_keys():
+    cfg = _aws()
+    image = cfg["docker"]["image"]
+    assert image.rsplit(":", 1)[1] == _expected_image_tag()
+    assert "/nas-proxyless:" in image
+    for name, t in cfg["available_node_types"].items():
+        prof = t["node_config"].get("IamInstanceProfile", {})
+        assert prof.get("Arn", "").startswith("arn:aws:iam::") or prof.get("Name"), name
+        assert "docker" not in t or "worker_image" not in t["docker"]  # one image for every node
+    text = (CLUSTER / "aws.yaml").read_text()
+    assert not any(p.search(text) for p in SECRET_PATTERNS)
+    region = cfg["provider"]["region"]
+    assert set(re.findall(r"\b[a-z]{2}-[a-z]+-\d\b", text)) == {region}  # one region throughout
+
+
+def test_aws_dashboard_and_mlflow_are_not_public_and_workers_get_tracking_uri_and_auth():
+    cfg = _aws()
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    assert "start-mlflow.sh s3://" in head_start
+    perms = cfg["provider"].get("security_group", {}).get("IpPermissions", [])
+    for p in perms:  # no extra inbound rule for the dashboard, GCS, client server or MLflow
+        assert not (p.get("FromPort", 0) <= 8265 <= p.get("ToPort", -1)), p
+        assert not (p.get("FromPort", 0) <= 5000 <= p.get("ToPort", -1)), p
+    assert "node-env.sh" in " ".join(cfg["head_setup_commands"])
+    assert "node-env.sh us-west-2 $RAY_HEAD_IP" in " ".join(cfg["worker_setup_commands"])
+    assert "$RAY_HEAD_IP:6379" in " ".join(cfg["worker_start_ray_commands"])
+    env_script = (SCRIPTS / "node-env.sh").read_text()
+    assert "RAY_AUTH_MODE=token" in env_script and "MLFLOW_TRACKING_URI=http://" in env_script
+    mlflow_script = (SCRIPTS / "start-mlflow.sh").read_text()
+    assert "0.0.0.0" not in mlflow_script
+    for remote, local in cfg["file_mounts"].items():
+        assert (ROOT / local).is_dir(), local  # relative to the repository root, where `ray up` runs
+
+
+def test_node_scripts_are_valid_bash_and_executable():
+    for f in sorted(SCRIPTS.glob("*.sh")):
+        subprocess.run(["bash", "-n", str(f)], check=True)
+        assert f.stat().st_mode & stat.S_IXUSR, f"{f} is not executable"
+        assert f.read_text().startswith("#!/usr/bin/env bash")
+
+
+# ---- KubeRay ---------------------------------------------------------------------------------------------
+
+def test_kuberay_raycluster_and_rayjob_structure():
+    import ray
+
+    docs = _kube_docs()
+    (rc,) = [d for d in docs["raycluster.yaml"] if d["kind"] == "RayCluster"]
+    (rj,) = [d for d in docs["rayjob.yaml"] if d["kind"] == "RayJob"]
+    for d in (rc, rj):
+        assert d["apiVersion"] == "ray.io/v1"
+    spec = rc["spec"]
+    assert spec["rayVersion"] == ray.__version__
+    assert spec.get("authOptions", {}).get("mode") == "token"
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP"
+    assert head["rayStartParams"].get("num-cpus") == "0"
+    groups = spec["workerGroupSpecs"]
+    assert {g["groupName"] for g in groups} >= {"gpu-spot", "gpu-ondemand"}
+    for g in groups:
+        assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
+        (c,) = g["template"]["spec"]["containers"]
+        assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+        assert any(t.get("key") == "nvidia.com/gpu" for t in g["template"]["spec"].get("tolerations", []))
+    for pod in [head["template"]["spec"]] + [g["template"]["spec"] for g in groups]:
+        assert pod["serviceAccountName"] == "nas-ray"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert not pod.get("hostNetwork")
+        env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # The RayJob brings up exactly the cluster of raycluster.yaml, and runs the project's search entrypoint.
+    assert rj["spec"]["rayClusterSpec"] == spec
+    assert "workloads/search.py" in rj["spec"]["entrypoint"] and "--config" in rj["spec"]["entrypoint"]
+    assert rj["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def test_kuberay_mlflow_and_service_account():
+    docs = _kube_docs()
+    (svc,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Service"]
+    (dep,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Deployment"]
+    assert svc["metadata"]["name"] == "mlflow" and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"][0]["port"] == 5000
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    args = " ".join(pod["containers"][0]["args"])
+    assert "--artifacts-destination=s3://" in args and "--allowed-hosts=" in args
+    assert "disable-security-middleware" not in args and "--allowed-hosts=*" not in args
+    (sa,) = docs["serviceaccount.yaml"]
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "nas-ray"
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+def test_kuberay_exposes_nothing_and_uses_one_image_tag_with_aws():
+    docs = _kube_docs()
+    image = _aws()["docker"]["image"]
+    all_images = []
+    for name, ds in docs.items():
+        for d in ds:
+            assert d["kind"] not in ("Ingress", "Gateway", "HTTPRoute"), name
+            if d["kind"] == "Service":
+                assert d["spec"].get("type", "ClusterIP") == "ClusterIP", name
+            for st in _walk(d, "serviceType"):
+                assert st == "ClusterIP", name
+            for port_list in _walk(d, "ports"):
+                for p in port_list:
+                    assert "hostPort" not in p and "nodePort" not in p, (name, p)
+            for hn in _walk(d, "hostNetwork"):
+                assert hn is not True, name
+            all_images += _images(d)
+    assert all_images and set(all_images) == {image}, set(all_images)
+
+
+def test_no_secrets_and_only_documented_placeholders_in_cluster_files():
+    guide = GUIDE.read_text()
+    seen = set()
+    for f in _cluster_files() + [ROOT / "Dockerfile"]:
+        text = f.read_text()
+        assert not any(p.search(text) for p in SECRET_PATTERNS), f
+        seen |= set(PLACEHOLDER.findall(text))
+    assert seen <= KNOWN_PLACEHOLDERS, seen - KNOWN_PLACEHOLDERS
+    for ph in seen:
+        assert ph in guide, f"{ph} is not explained in docs/operator-guide.md"
+
+
+# ---- node scripts, run for real against moto (SSM + S3) and a local MLflow ---------------------------------
+
+def _script_env(s3_server, home: Path, **extra) -> dict[str, str]:
+    from tests.servers import _base_env
+
+    return _base_env({**s3_server.env(), "HOME": str(home), "AWS_EC2_METADATA_DISABLED": "true",
+                      "MLFLOW_S3_ENDPOINT_URL": s3_server.url, **extra})
+
+
+def test_node_env_script_writes_token_and_shell_env(s3_server, tmp_path):
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=s3_server.url, region_name=s3_server.region,
+                       aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+    param = f"/nas-test-{os.getpid()}/ray-auth-token"
+    ssm.put_parameter(Name=param, Value="f" * 64, Type="SecureString", Overwrite=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _script_env(s3_server, home)
+    for _ in range(2):  # idempotent: a second run (ray up again) leaves one copy of each line
+        subprocess.run(["bash", str(SCRIPTS / "node-env.sh"), s3_server.region, "10.0.0.5", param], env=env,
+                       check=True, capture_output=True, timeout=60)
+    token = home / ".ray" / "auth_token"
+    assert token.read_text() == "f" * 64
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    rc = (home / ".bashrc").read_text()
+    assert rc.count("export RAY_AUTH_MODE=token") == 1
+    assert rc.count("export MLFLOW_TRACKING_URI=http://10.0.0.5:5000") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_start_mlflow_script_serves_with_s3_artifacts(s3_server, tmp_path):
+    from tests.servers import free_port
+
+    bucket = s3_server.new_bucket()
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    env = _script_env(s3_server, home, AWS_DEFAULT_REGION=s3_server.region, MLFLOW_HOST="127.0.0.1",
+                      MLFLOW_PORT=str(port), MLFLOW_WORKERS="1")
+    pidfile = home / "mlflow" / "server.pid"
+    try:
+        cp = subprocess.run(["bash", str(SCRIPTS / "start-mlflow.sh"), f"s3://{bucket}/mlflow",
+                             f"/nas-test-{os.getpid()}/no-such-backend"], env=env, capture_output=True,
+                            text=True, timeout=110)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert "backend: sqlite" in cp.stdout
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        run = client.create_run(client.create_experiment("script-smoke"))
+        f = tmp_path / "a.txt"
+        f.write_text("x")
+        client.log_artifact(run.info.run_id, str(f))
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert any(k.startswith("mlflow/") and k.endswith(f"{run.info.run_id}/artifacts/a.txt") for k in keys)
+    finally:
+        if pidfile.exists():  # the script's server runs in its own session: stop exactly that group
+            import signal
+            import time
+
+            pgid = int(pidfile.read_text())
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                for _ in range(50):
+                    os.killpg(pgid, 0)
+                    time.sleep(0.2)
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---- operator guide --------------------------------------------------------------------------------------
+
+def test_operator_guide_covers_the_workflow():
+    text = GUIDE.read_text()
+    for must in ("docker build", "docker push", "ray up cluster/aws.yaml", "ray dashboard cluster/aws.yaml",
+                 "nas data prepare --imagefolder", "--shard-size", "nas latency build --hardware",
+                 "--space proxyless-imagenet", "ray job submit --working-dir .", "workloads/search.py",
+                 "workloads/sweep.py", "configs/imagenet-gpu.yaml", "ray job logs", "nas pareto",
+                 "ray down cluster/aws.yaml", "ray start --head", "ray start --address", "RAY_API_SERVER_ADDRESS",
+                 "RAY_AUTH_MODE", "kubectl port-forward", "cluster/kuberay/rayjob.yaml"):
+        assert must in text, must
+    assert re.search(r"TODO.*GPU-hours", text)

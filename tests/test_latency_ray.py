@@ -1,0 +1,47 @@
+"""A table build placed by its hardware resource runs on the node that has it, in a two-node Ray cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.latency.hardware import HardwareProfile
+from orchestrator.latency.measure import MeasureConfig
+from orchestrator.latency.runner import build_table
+from orchestrator.latency.table import required_keys
+from orchestrator.spaces import TINY
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head node without the hardware and a worker node that offers ``hw:cpu-labelled``; stops only these."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    profile = HardwareProfile("cpu-labelled", "cpu")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1, resources={profile.resource: 1})
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes()
+        yield profile, worker.node_id
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_build_runs_on_node_with_the_hardware(two_nodes):
+    profile, worker_id = two_nodes
+    cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0)
+    table = build_table(TINY, profile, cfg, use_ray=True)
+    assert table.provenance.node_id == worker_id
+    assert table.provenance.hardware == "cpu-labelled"
+    assert set(required_keys(TINY)) <= set(table.entries)
+    table.to_model()
+
+
+def test_build_for_absent_hardware_is_refused(two_nodes):
+    cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0)
+    with pytest.raises(ValueError, match="no node in the Ray cluster offers hardware 'cpu-nowhere'"):
+        build_table(TINY, HardwareProfile("cpu-nowhere", "cpu"), cfg, use_ray=True)
