@@ -48,6 +48,8 @@ class RunSpec:
     tags: tuple[tuple[str, str], ...] = ()
     allow_autoscale: bool = False  # skip the up-front resource check on autoscaling clusters
     inject_failure_at_step: int | None = None  # fault injection: rank 1 kills itself once at this step
+    warm_start: str | None = None  # URI of a shared warm-up state (search_state.pt) to fork a fresh run from
+    warmup_only: bool = False  # stop at the end of warm-up: the run that produces a sweep's shared warm-up
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -81,13 +83,14 @@ def allreduce_mean(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
-def gather_fingerprints(fingerprint: str) -> list[str]:
+def gather_strings(value: str) -> list[str]:
+    """Every rank's ``value``, in rank order (a small all-gather; cheap enough to run every few steps)."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [fingerprint]
+        return [value]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, fingerprint)
+    dist.all_gather_object(out, value)
     return [str(f) for f in out]
 
 
@@ -96,13 +99,22 @@ class RanksDiverged(RuntimeError):
 
 
 def check_consistency(fingerprint: str, step: int) -> list[str]:
-    fps = gather_fingerprints(fingerprint)
+    fps = gather_strings(fingerprint)
     if len(set(fps)) != 1:
         raise RanksDiverged(f"architecture parameters diverged across ranks at step {step}: {fps}")
     return fps
 
 
 # ---------------------------------------------------------------------------------------------------- the workers
+def load_state_uri(uri: str) -> dict:
+    """A search state saved by a checkpoint (``.../search_state.pt``), from a local path or ``s3://``."""
+    import io
+
+    from orchestrator.storage import read_uri
+
+    return torch.load(io.BytesIO(read_uri(uri)), map_location="cpu", weights_only=False)
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Runs on every Train worker: restore or start, search with all-reduced gradients, report checkpoints."""
     import ray.train
@@ -126,10 +138,19 @@ def train_loop_per_worker(config: dict) -> dict:
             resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         log.info("rank %d resumes at step %d", rank, resume["step"])
     restored = resume is not None
+    warm = None
+    if resume is None and spec.warm_start:
+        warm = load_state_uri(spec.warm_start)
+    checks: list[tuple[int, list[str]]] = []  # (step, per-rank α fingerprints) of every consistency check
+
+    def consistent(state) -> list[str]:
+        fps = check_consistency(alpha_fingerprint(state), state.step)
+        checks.append((state.step, fps))
+        return fps
 
     def on_step(state, row: dict) -> None:
         if state.step % spec.consistency_every == 0 or state.step == state.total_steps:
-            check_consistency(alpha_fingerprint(state), state.step)
+            consistent(state)
         if rank == 0:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             tracking.log_metrics(uri, run_id, metrics, step=state.step)
@@ -139,7 +160,7 @@ def train_loop_per_worker(config: dict) -> dict:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def checkpoint(state) -> None:
-        fps = check_consistency(alpha_fingerprint(state), state.step)
+        fps = consistent(state)
         metrics = {"step": state.step, "arch_step": state.arch_step, "alpha_fingerprints": fps,
                    "restored": restored, "world_size": world}
         if rank == 0:
@@ -151,12 +172,16 @@ def train_loop_per_worker(config: dict) -> dict:
             ray.train.report(metrics, checkpoint=None)
 
     data = load_data(cfg)
+    spe = len(data.train) // cfg.weight.batch_size
     result = run_search(cfg, data, sync=allreduce_mean, on_step=on_step, checkpoint=checkpoint, resume=resume,
-                        latency=resolve_latency(cfg), shard=(rank, world))
-    fps = check_consistency(result.alpha_fingerprint, result.steps)
+                        latency=resolve_latency(cfg), shard=(rank, world), warm_start=warm,
+                        stop_at=cfg.warmup_epochs * spe if spec.warmup_only else None)
     out = result.to_dict()
-    out["rank_fingerprints"] = fps
+    out["rank_fingerprints"] = check_consistency(result.alpha_fingerprint, result.steps)
+    out["rank_archs"] = gather_strings(result.arch)
+    out["consistency_checks"] = checks
     out["restored"] = restored
+    out["resumed_from_step"] = resume["step"] if restored else None
     return out
 
 
@@ -171,6 +196,11 @@ class DistributedResult:
     checkpoint_path: str | None
     worker_seconds: float
     wall_seconds: float
+
+    @property
+    def state_uri(self) -> str | None:
+        """The final search state, e.g. a shared warm-up for ``RunSpec.warm_start``."""
+        return f"{self.checkpoint_path}/{CHECKPOINT_FILE}" if self.checkpoint_path else None
 
 
 def _run_meta(cfg: SearchConfig) -> dict:
@@ -213,6 +243,7 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResul
     from orchestrator import tracking
     from orchestrator.cluster_checks import check_resources, check_storage
     from orchestrator.search import resolve_latency
+    from orchestrator.storage import resolve as resolve_storage
 
     resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
@@ -238,13 +269,15 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResul
                                          "provenance": provenance()},
                                  tags=tags, parent_run_id=spec.parent_run_id)
     threads = max(1, int(spec.cpus_per_worker))
+    loc = resolve_storage(storage)  # an explicit filesystem carries an S3-compatible endpoint to every worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
                            "threads": threads},
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                                      resources_per_worker=per_worker),
-        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=spec.max_failures),
+        run_config=RunConfig(name=name, storage_path=loc.root, storage_filesystem=loc.fs if loc.is_s3 else None,
+                             failure_config=FailureConfig(max_failures=spec.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     t0 = time.time()
@@ -258,7 +291,11 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResul
     if out is None:
         tracking.end_run(uri, run_id, "FAILED")
         raise RuntimeError(f"search {name!r} returned no result")
-    ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
+    ckpt_path = None
+    if result.checkpoint is not None:
+        ckpt_path = result.checkpoint.path
+        if loc.is_s3 and not ckpt_path.startswith("s3://"):
+            ckpt_path = "s3://" + ckpt_path
     worker_seconds = wall * spec.num_workers
     log_search_result(uri, run_id, out, cost={"worker_seconds": worker_seconds,
                                               "gpu_seconds": worker_seconds if spec.use_gpu else 0.0,

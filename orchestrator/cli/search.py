@@ -22,11 +22,37 @@ log = logging.getLogger(__name__)
               help="Where checkpoint.pt and result.json go.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def search(config_path: str, overrides: tuple[str, ...], out_dir: str, resume: bool, quiet: bool) -> None:
+@click.option("--ray", "on_ray", is_flag=True, help="Run data-parallel on Ray Train (implied by --workers).")
+@click.option("--workers", type=int, default=None, help="Ray Train workers (default 2 with --ray).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL).")
+@click.option("--storage", default="runs", show_default=True,
+              help="Checkpoint storage for Ray runs: a path (one node), NFS, or s3://bucket/prefix.")
+@click.option("--name", default=None, help="Run name under --storage; the same name resumes the run.")
+@click.option("--experiment", default="nas-search", show_default=True, help="MLflow experiment.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+              "sqlite:///mlflow.db here).")
+@click.option("--max-failures", type=int, default=2, show_default=True, help="Worker-group restarts on failure.")
+def search(config_path: str, overrides: tuple[str, ...], out_dir: str, resume: bool, quiet: bool, on_ray: bool,
+           workers: int | None, cpus_per_worker: float, gpu: bool, storage: str, name: str | None,
+           experiment: str, tracking_uri: str | None, max_failures: int) -> None:
     """Search an architecture for the config's hardware and latency target; prints the derived architecture."""
     from orchestrator.search import load_checkpoint, load_config, load_data, resolve_latency, run_search, save_checkpoint
 
     cfg = load_config(config_path, overrides)  # every key checked before any work
+    if on_ray or workers is not None:
+        from orchestrator.distributed import RunSpec, run_distributed_search
+
+        spec = RunSpec(num_workers=workers or 2, use_gpu=gpu, cpus_per_worker=cpus_per_worker, storage_path=storage,
+                       name=name, max_failures=max_failures, tracking_uri=tracking_uri, experiment=experiment)
+        res = run_distributed_search(cfg, spec)
+        click.echo(f"arch: {res.search['arch']}")
+        click.echo(f"latency: exact {res.search['exact_latency']:.4g} {res.search['unit']} "
+                   f"(target {res.search['target']:.4g}, {res.search['hardware']})")
+        click.echo(f"alpha fingerprint on every rank: {res.search['alpha_fingerprint']}")
+        click.echo(f"mlflow: run {res.run_id} at {res.tracking_uri}")
+        click.echo(f"checkpoint: {res.checkpoint_path}")
+        return
     latency = resolve_latency(cfg)
     data = load_data(cfg)
     out = Path(out_dir)

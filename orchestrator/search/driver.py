@@ -21,7 +21,7 @@ from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.profiles import latency_model
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.sampling import batch_indices, generator
-from orchestrator.search.state import SearchState, alpha_fingerprint, init_state, load_state_dict
+from orchestrator.search.state import SearchState, alpha_fingerprint, fork_from_warmup, init_state, load_state_dict
 from orchestrator.search.steps import Sync, arch_step, weight_step
 from orchestrator.spaces import get_space
 
@@ -101,6 +101,8 @@ def run_search(
     latency: LatencyModel | None = None,
     progress: bool = False,
     shard: tuple[int, int] = (0, 1),
+    warm_start: dict | None = None,
+    stop_at: int | None = None,
 ) -> SearchResult:
     """Run (or continue, from a ``state_dict`` in ``resume``) a search on ``data`` (``.train``, ``.holdout`` and
     optionally ``.valid`` datasets); ``on_step(state, row)`` gets every curve point, ``checkpoint(state)`` is
@@ -108,7 +110,10 @@ def run_search(
 
     ``shard=(rank, world)`` makes this one data-parallel rank: every rank draws the same global batches and
     paths, and takes the batch items ``rank::world``; ``sync`` averages the gradients, so the update equals that
-    of the global batch."""
+    of the global batch.
+
+    ``warm_start`` (a ``state_dict`` at the end of warm-up, of any hardware and target) forks a fresh search from a
+    shared warm-up; ``stop_at`` ends the loop early at that weight step (e.g. the end of warm-up)."""
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard: rank {rank} is not in [0, {world})")
@@ -120,10 +125,14 @@ def run_search(
     if resume is not None:
         load_state_dict(state, resume)
         log.info("resumed at step %d (arch step %d)", state.step, state.arch_step)
+    elif warm_start is not None:
+        fork_from_warmup(state, warm_start)
+        log.info("forked from the shared warm-up at step %d", state.step)
+    end = state.total_steps if stop_at is None else min(stop_at, state.total_steps)
     n_train, n_hold = len(data.train), len(data.holdout)
     perm_epoch, perm = -1, None
     bar = tqdm(total=state.total_steps, initial=state.step, disable=not progress, desc="search", unit="step")
-    while state.step < state.total_steps:
+    while state.step < end:
         epoch, i = divmod(state.step, spe)
         if epoch != perm_epoch:
             perm, perm_epoch = torch.randperm(n_train, generator=generator(cfg.seed, "data", epoch)), epoch
@@ -136,7 +145,7 @@ def run_search(
         metrics.pop("expected_latency", None)
         _accumulate(state.window, metrics)
         bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == state.total_steps:
+        if state.step % cfg.log_every == 0 or state.step == end:
             row = _curve_point(state)
             state.history.append(row)
             bar.set_postfix(loss=f"{row.get('loss', math.nan):.3f}", lat=f"{row['expected_latency']:.3g}")

@@ -120,26 +120,58 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_state_dict(state: SearchState, saved: dict) -> None:
-    """Restore a checkpoint into a state built from the same config; ``ValueError`` names what does not match."""
+def _check_compatible(state: SearchState, saved: dict) -> None:
     if saved.get("version") != STATE_VERSION:
         raise ValueError(f"checkpoint version {saved.get('version')!r} is not {STATE_VERSION}")
-    diff = _config_diff(state.cfg.to_dict(), saved["config"])
-    if diff:
-        raise ValueError(f"checkpoint was written with another config (differs in {', '.join(diff)})")
     if saved["space_fingerprint"] != state.space.fingerprint():
-        raise ValueError(f"checkpoint is for another definition of space {state.space.name!r}")
+        space = saved.get("config", {}).get("space", "?")
+        raise ValueError(f"checkpoint is of space {space!r} (fingerprint {saved['space_fingerprint']}), "
+                         f"not {state.space.name!r} ({state.space.fingerprint()})")
     if saved["steps_per_epoch"] != state.steps_per_epoch:
         raise ValueError(f"checkpoint has {saved['steps_per_epoch']} steps per epoch, data gives {state.steps_per_epoch}")
+
+
+def _load_weights(state: SearchState, saved: dict) -> None:
     state.supernet.load_state_dict(saved["supernet"])
-    with torch.no_grad():
-        state.logits.alpha.copy_(saved["alpha"])
     state.weight_opt.load_state_dict(saved["weight_opt"])
-    state.arch_opt.load_state_dict(saved["arch_opt"])
-    state.step, state.arch_step, state.baseline = saved["step"], saved["arch_step"], saved["baseline"]
+    state.step = saved["step"]
     state.window = dict(saved["window"])
     state.history = [dict(h) for h in saved["history"]]
     torch.set_rng_state(saved["torch_rng"])
+
+
+def load_state_dict(state: SearchState, saved: dict) -> None:
+    """Restore a checkpoint into a state built from the same config; ``ValueError`` names what does not match."""
+    _check_compatible(state, saved)
+    diff = _config_diff(state.cfg.to_dict(), saved["config"])
+    if diff:
+        raise ValueError(f"checkpoint was written with another config (differs in {', '.join(diff)})")
+    _load_weights(state, saved)
+    with torch.no_grad():
+        state.logits.alpha.copy_(saved["alpha"])
+    state.arch_opt.load_state_dict(saved["arch_opt"])
+    state.arch_step, state.baseline = saved["arch_step"], saved["baseline"]
+
+
+# What a search may change relative to the warm-up it forks from: warm-up trains weights only, so neither the
+# hardware, the target nor anything of the architecture step has touched the state yet.
+_FORK_FREE = ("hardware", "latency_table", "target", "arch.")
+
+
+def warmup_steps(state: SearchState) -> int:
+    return state.cfg.warmup_epochs * state.steps_per_epoch
+
+
+def fork_from_warmup(state: SearchState, saved: dict) -> None:
+    """Start this search from a shared warm-up checkpoint (same space, data, seed and weight recipe; any hardware
+    and target), so that a sweep pays for warm-up once. α and its optimiser stay this search's own."""
+    _check_compatible(state, saved)
+    if saved["step"] != warmup_steps(state) or saved["arch_step"] != 0:
+        raise ValueError(f"checkpoint at step {saved['step']} is not the end of warm-up (step {warmup_steps(state)})")
+    diff = [k for k in _config_diff(state.cfg.to_dict(), saved["config"]) if not k.startswith(_FORK_FREE)]
+    if diff:
+        raise ValueError(f"warm-up checkpoint was written with another config (differs in {', '.join(diff)})")
+    _load_weights(state, saved)
 
 
 def alpha_fingerprint(state: SearchState) -> str:
