@@ -49,3 +49,20 @@ def assert_one_line_error(proc, *fragments: str) -> None:
     assert lines[0].startswith("error: "), lines[0]
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def run_nas_inprocess(capsys, *args: str):
+    """Run ``nas`` through ``orchestrator.cli.main`` in this process (no interpreter start-up): for the many
+    bad-input cases; ``run_nas`` keeps covering the installed command itself."""
+    import subprocess
+
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["nas", *args], code, out.out, out.err)

@@ -7,7 +7,7 @@ import json
 import onnx
 import pytest
 
-from tests.conftest import assert_one_line_error, run_nas
+from tests.conftest import assert_one_line_error, run_nas, run_nas_inprocess
 
 GPU_ARCH = ("proxyless-imagenet@40,24,32,56,112,128,256,432,1728:k5e3.zero.zero.zero/k7e3.zero.zero.k3e3/"
             "k7e6.zero.zero.k5e3/k5e6.zero.k3e3.k5e3/k7e6.k7e6.k7e6.k5e6/k7e6")
@@ -44,27 +44,28 @@ def test_arch_export_net_config_and_onnx(tmp_path, reference_dir):
         ("tiny:zero.k3e3/k5e6.k3e3", "cannot be 'zero'"),
     ],
 )
-def test_bad_architecture_strings(arch, fragment, tmp_path):
+def test_bad_architecture_strings(arch, fragment, tmp_path, capsys):
     out = tmp_path / "x.config"
-    assert_one_line_error(run_nas("arch", "info", arch), fragment)
-    assert_one_line_error(run_nas("arch", "export", arch, "--format", "net-config", "--out", str(out)), fragment)
+    assert_one_line_error(run_nas_inprocess(capsys, "arch", "info", arch), fragment)
+    assert_one_line_error(run_nas_inprocess(capsys, "arch", "export", arch, "--format", "net-config", "--out", str(out)),
+                          fragment)
     assert not out.exists()
 
 
-def test_bad_net_config_files(tmp_path, reference_dir):
+def test_bad_net_config_files(tmp_path, reference_dir, capsys):
     broken = tmp_path / "broken.config"
     broken.write_text('{"name": "ProxylessNASNets", "blocks": [')
     assert_one_line_error(run_nas("arch", "info", str(broken)), "not valid JSON", "broken.config")
 
     other = tmp_path / "other.config"
     other.write_text(json.dumps({"name": "ResNet", "layers": [3, 4, 6, 3]}))
-    assert_one_line_error(run_nas("arch", "info", str(other)), "unknown schema")
+    assert_one_line_error(run_nas_inprocess(capsys, "arch", "info", str(other)), "unknown schema")
 
     cfg = json.loads((reference_dir / "proxyless_gpu.config").read_text())
     cfg["blocks"] = cfg["blocks"][:-1]
     short = tmp_path / "short.config"
     short.write_text(json.dumps(cfg))
-    assert_one_line_error(run_nas("arch", "info", str(short)), "matches no registered search space")
+    assert_one_line_error(run_nas_inprocess(capsys, "arch", "info", str(short)), "matches no registered search space")
 
     missing = tmp_path / "missing.config"
-    assert_one_line_error(run_nas("arch", "info", str(missing)), "not found")
+    assert_one_line_error(run_nas_inprocess(capsys, "arch", "info", str(missing)), "not found")
