@@ -1,0 +1,22 @@
+"""`make bench`: every benchmark in turn; each prints its figures and writes benchmarks/out/<name>.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = ["latency_table", "loader", "supernet_memory", "distributed", "imagenet_step", "sweep"]
+
+
+def main() -> None:
+    failed = []
+    for name in sys.argv[1:] or BENCHMARKS:
+        print(f"\n=== benchmarks.{name}", flush=True)
+        if subprocess.run([sys.executable, "-m", f"benchmarks.{name}"]).returncode != 0:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
