@@ -66,7 +66,14 @@ class MBConv(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """MobileNet-style initialisation, used for every network the project builds."""
+    """MobileNet-style initialisation, used for every network the project builds.
+
+    Residual branches start at zero ("zero-init last BN gamma", Goyal et al. 2017; torchvision's
+    ``zero_init_residual``, timm's ``zero_init_last``): in any module with ``shortcut`` set (a network's ``Block``,
+    a supernet's ``MixedBlock``) the projecting BN of every ``MBConv`` gets gamma 0, so each residual block starts as
+    the identity. In a single-path supernet this keeps the shortcut's signal intact while the sampled candidates
+    change from step to step.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -76,3 +83,8 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if getattr(m, "shortcut", False) is True:
+            for op in m.modules():
+                if isinstance(op, MBConv):
+                    nn.init.zeros_(op.project[1].weight)
