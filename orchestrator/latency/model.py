@@ -41,6 +41,9 @@ class LatencyModel:
 
     def exact(self, arch: Arch) -> float:
         """Latency of one architecture: the sum of its entries plus the fixed part."""
+        if arch.widths is not None and arch.widths != self.space.widths():
+            raise ValueError(f"{arch.encode()} carries its own widths; the {self.hardware!r} table prices only "
+                             f"the widths of space {self.space.name!r}: measure the network itself")
         idx = self.space.indices(arch)
         return self.fixed + sum(self.costs[b][c] for b, c in enumerate(idx))
 
