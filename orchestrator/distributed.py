@@ -234,8 +234,10 @@ def check_existing_run(storage: str, name: str, cfg: SearchConfig) -> None:
                          f"{', '.join(diff)}); refusing to resume it: choose another --name")
 
 
-def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResult:
-    """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers."""
+def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = ()) -> DistributedResult:
+    """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers.
+
+    ``callbacks`` go to the trainer's RunConfig (e.g. ``TuneReportCallback()`` when a Tune trial runs the search)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -278,7 +280,7 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec) -> DistributedResul
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=loc.root, storage_filesystem=loc.fs if loc.is_s3 else None,
                              failure_config=FailureConfig(max_failures=spec.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks)),
     )
     t0 = time.time()
     try:

@@ -83,3 +83,20 @@ def plot_fronts(fronts: dict[str, list[Point]], out: str | Path, title: str, uni
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def reference_latency(points: Iterable[Point], margin: float = 1.1) -> float:
+    """A hypervolume reference latency for comparable fronts: ``margin`` x the slowest point of all series."""
+    worst = max((p.latency for p in points), default=0.0)
+    if worst <= 0:
+        raise ValueError("no point with a positive latency to set the hypervolume reference")
+    return worst * margin
+
+
+def summarize_front(points: Sequence[Point], ref_latency: float, ref_error: float = 1.0) -> dict:
+    """The JSON-ready summary of one series: its points, non-dominated set and hypervolume at the reference."""
+    as_dict = lambda p: {"latency": p.latency, "error": p.error, "label": p.label, **p.meta}  # noqa: E731
+    front = pareto_front(points)
+    return {"points": [as_dict(p) for p in points], "front": [as_dict(p) for p in front],
+            "hypervolume": hypervolume(front, ref_latency, ref_error), "ref_latency": ref_latency,
+            "ref_error": ref_error}

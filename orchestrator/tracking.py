@@ -128,3 +128,25 @@ def log_artifact_files(uri: str, run_id: str, files: Mapping[str, bytes | str], 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status)
+
+
+def find_runs(uri: str, experiment: str, filter_string: str = "", create: bool = False) -> list:
+    """Every run of ``experiment`` matching ``filter_string`` (all pages); ``ValueError`` for an unknown experiment."""
+    c = client(uri)
+    exp_id = experiment_id(uri, experiment, create=create)
+    runs, token = [], None
+    while True:
+        page = c.search_runs([exp_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def mark_stale_runs(uri: str, experiment: str, filter_string: str, status: str = "KILLED") -> list[str]:
+    """Close runs left RUNNING by a driver that died (e.g. before a sweep resumes); returns their ids."""
+    base = "attributes.status = 'RUNNING'"
+    stale = find_runs(uri, experiment, f"{filter_string} and {base}" if filter_string else base)
+    for r in stale:
+        end_run(uri, r.info.run_id, status)
+    return [r.info.run_id for r in stale]

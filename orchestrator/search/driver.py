@@ -138,7 +138,8 @@ def run_search(
             perm, perm_epoch = torch.randperm(n_train, generator=generator(cfg.seed, "data", epoch)), epoch
         b = cfg.weight.batch_size
         metrics = weight_step(state, *_tensors(data.train, perm[i * b:(i + 1) * b][rank::world]), sync=sync)
-        if state.searching and state.step % cfg.arch.update_every == 0:
+        # A run stopped at the end of warm-up (stop_at) leaves α untouched, so that searches can fork from it.
+        if state.searching and state.step % cfg.arch.update_every == 0 and (stop_at is None or state.step < stop_at):
             for _ in range(cfg.arch.update_steps):
                 idx = batch_indices(n_hold, cfg.arch.batch_size, generator(cfg.seed, "holdout", state.arch_step))
                 metrics.update(arch_step(state, *_tensors(data.holdout, idx[rank::world]), sync=sync))

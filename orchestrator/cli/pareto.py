@@ -1,0 +1,35 @@
+"""``nas pareto``: compare the Pareto fronts of sweeps (MLflow experiments) per hardware; PNG + JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from orchestrator.cli import app
+
+
+@app.command("pareto")
+@click.option("--experiment", "experiments", multiple=True, required=True,
+              help="A sweep's MLflow experiment; repeat to compare sweeps.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for PNGs and pareto.json.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+              "sqlite:///mlflow.db here).")
+def pareto(experiments: tuple[str, ...], out_dir: str, tracking_uri: str | None) -> None:
+    """Non-dominated sets and hypervolumes per hardware, from the experiments' retrain runs."""
+    from orchestrator import tracking
+    from orchestrator.sweep.report import compare_fronts
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ValueError(f"no MLflow store at {uri} (reading fronts creates nothing)")
+    rep = compare_fronts(uri, list(experiments), out_dir)
+    for hw, s in rep.summary.items():
+        for exp, f in s["series"].items():
+            click.echo(f"{hw:>24} {exp}: {len(f['points'])} point(s), front {len(f['front'])}, "
+                       f"hypervolume {f['hypervolume']:.4g} (ref {f['ref_latency']:.4g} {s['unit']})")
+    for p in rep.plots:
+        click.echo(f"plot: {p}")
+    click.echo(f"json: {rep.json_path}")

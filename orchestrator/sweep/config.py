@@ -1,0 +1,298 @@
+"""Typed sweep configuration: which search to sweep over which hardware and latency targets, and how.
+
+Targets are per hardware because units differ (ms for measured profiles, MMAC for ``flops``). A hardware entry
+gives absolute ``targets``, ``relative`` positions in the space's reachable range (0 = fastest net, 1 = largest;
+handy when a measured table's range depends on the machine), or a Tune ``distribution`` with a sample count.
+Everything is checked on load, and every target against ``LatencyModel.bounds()`` before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.retrain import RetrainRecipe
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTIONS = ("uniform", "loguniform")
+THIS_CPU = "this-cpu"  # alias: the measured profile of the driver's CPU (cpu-<model>)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class HardwareGrid:
+    """The targets of one hardware profile: exactly one of ``targets``, ``relative`` or ``distribution``."""
+
+    hardware: str
+    targets: tuple[float, ...] = ()
+    relative: tuple[float, ...] = ()
+    distribution: str | None = None  # uniform | loguniform over [low, high], ``samples`` draws
+    low: float | None = None
+    high: float | None = None
+    samples: int = 0
+    table: str | None = None  # latency table URI for a measured profile
+
+    def __post_init__(self) -> None:
+        where = f"grid[{self.hardware}]"
+        given = [bool(self.targets), bool(self.relative), self.distribution is not None]
+        if sum(given) != 1:
+            raise ValueError(f"{where}: give exactly one of targets, relative or distribution")
+        if any(not t > 0 for t in self.targets):
+            raise ValueError(f"{where}.targets: every target must be positive, got {list(self.targets)}")
+        if len(set(self.targets)) != len(self.targets) or len(set(self.relative)) != len(self.relative):
+            raise ValueError(f"{where}: a target is listed twice")
+        if any(not 0 < r <= 1 for r in self.relative):
+            raise ValueError(f"{where}.relative: positions must be in (0, 1], got {list(self.relative)}")
+        if self.distribution is not None:
+            if self.distribution not in DISTRIBUTIONS:
+                raise ValueError(f"{where}.distribution: unknown {self.distribution!r} "
+                                 f"(known: {', '.join(DISTRIBUTIONS)})")
+            if self.low is None or self.high is None or not 0 < self.low < self.high:
+                raise ValueError(f"{where}: a distribution needs 0 < low < high, got {self.low} and {self.high}")
+            if self.samples < 1:
+                raise ValueError(f"{where}.samples: must be at least 1, got {self.samples}")
+
+    @property
+    def sampled(self) -> bool:
+        return self.distribution is not None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: a base search config, a grid over hardware x targets (x seeds), resources and a retrain recipe."""
+
+    name: str  # the MLflow experiment, and the sweep's folder under ``storage``
+    search: str  # base search config (YAML path; relative paths are relative to the sweep file)
+    grid: tuple[HardwareGrid, ...]
+    overrides: tuple[str, ...] = ()  # ``key=value`` applied to the base search config
+    seeds: tuple[int, ...] = ()  # empty: the base config's seed; each seed has its own shared warm-up
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 0.5
+    max_concurrent_trials: int = 2
+    storage: str = "runs/sweeps"  # local path (one node), NFS or s3://bucket/prefix
+    tracking_uri: str | None = None
+    shared_warmup: bool = True  # False: every trial pays its own warm-up (the benchmark's baseline)
+    retrain: RetrainRecipe | None = field(default_factory=RetrainRecipe)  # None: search and measure only
+    measure_repeats: int | None = None  # whole-network timing repeats (default: the table's own)
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-'")
+        if not self.grid:
+            raise ValueError("grid: empty; give at least one hardware with its targets, e.g. "
+                             "[{hardware: flops, targets: [0.1]}]")
+        hws = [g.hardware for g in self.grid]
+        if len(set(hws)) != len(hws):
+            raise ValueError(f"grid: hardware listed twice in {hws}")
+        if len({g.sampled for g in self.grid}) > 1:
+            raise ValueError("grid: mix of listed targets and distributions; use one kind for every hardware")
+        if self.grid[0].sampled and len({g.samples for g in self.grid}) > 1:
+            raise ValueError("grid: every distribution needs the same samples count (one Tune sample per hardware)")
+        if self.workers_per_trial < 1:
+            raise ValueError(f"workers_per_trial: must be at least 1, got {self.workers_per_trial}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        if self.max_concurrent_trials < 1:
+            raise ValueError(f"max_concurrent_trials: must be at least 1, got {self.max_concurrent_trials}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: a seed is listed twice in {list(self.seeds)}")
+
+    def replace(self, **changes: Any) -> "SweepConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["retrain"] = dataclasses.asdict(self.retrain) if self.retrain else None
+        return d
+
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+
+def _numbers(key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"{key}: expected a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _grid_entry(i: int, item: Any) -> HardwareGrid:
+    key = f"grid[{i}]"
+    if not isinstance(item, dict) or not isinstance(item.get("hardware"), str):
+        raise ValueError(f"{key}: expected a mapping with 'hardware' and its targets, got {item!r}")
+    known = {"hardware", "targets", "relative", "table"}
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise ValueError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    hw = item["hardware"]
+    if hw == THIS_CPU:
+        from orchestrator.latency.hardware import default_profile
+
+        hw = default_profile("cpu").name
+    targets, kwargs = item.get("targets"), {}
+    if isinstance(targets, dict):
+        dist = {k: v for k, v in targets.items()}
+        kinds = [k for k in DISTRIBUTIONS if k in dist]
+        if len(kinds) != 1 or not isinstance(dist.get("samples"), int):
+            raise ValueError(f"{key}.targets: a distribution is {{uniform|loguniform: [low, high], samples: N}}")
+        low, high = _numbers(f"{key}.targets.{kinds[0]}", dist[kinds[0]])
+        kwargs = dict(distribution=kinds[0], low=low, high=high, samples=dist["samples"])
+    elif targets is not None:
+        kwargs["targets"] = _numbers(f"{key}.targets", targets)
+    if item.get("relative") is not None:
+        kwargs["relative"] = _numbers(f"{key}.relative", item["relative"])
+    table = item.get("table")
+    if table is not None and not isinstance(table, str):
+        raise ValueError(f"{key}.table: expected a URI, got {table!r}")
+    return HardwareGrid(hardware=hw, table=table, **kwargs)
+
+
+_SCALARS = {"name": str, "search": str, "workers_per_trial": int, "cpus_per_worker": float,
+            "max_concurrent_trials": int, "storage": str, "tracking_uri": str, "shared_warmup": bool,
+            "measure_repeats": int}
+
+
+def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> SweepConfig:
+    """A ``SweepConfig`` from a parsed YAML mapping; relative ``search`` and table paths resolve against
+    ``base_dir`` (the sweep file's folder), so a sweep file means the same from any working directory."""
+    if not isinstance(data, Mapping):
+        raise ValueError("a sweep config must be a mapping")
+    known = {*_SCALARS, "grid", "overrides", "seeds", "retrain"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    for k in ("name", "search", "grid"):
+        if k not in data:
+            raise ValueError(f"{k}: missing")
+    kwargs: dict[str, Any] = {}
+    for k, typ in _SCALARS.items():
+        if k not in data or data[k] is None:
+            continue
+        v = data[k]
+        ok = isinstance(v, typ) and not (typ is not bool and isinstance(v, bool))
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            raise ValueError(f"{k}: expected {typ.__name__}, got {v!r}")
+        kwargs[k] = v
+    kwargs["search"] = _resolve_path(kwargs["search"], base_dir)
+    grid = data["grid"]
+    if grid is None:
+        grid = []
+    if not isinstance(grid, list):
+        raise ValueError(f"grid: expected a list of hardware entries, got {grid!r}")
+    entries = [_grid_entry(i, item) for i, item in enumerate(grid)]
+    kwargs["grid"] = tuple(dataclasses.replace(e, table=_resolve_path(e.table, base_dir) if e.table else None)
+                           for e in entries)
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError(f"overrides: expected a list of 'key=value' strings, got {overrides!r}")
+    kwargs["overrides"] = tuple(overrides)
+    seeds = data.get("seeds") or []
+    if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds: expected a list of integers, got {seeds!r}")
+    kwargs["seeds"] = tuple(seeds)
+    if "retrain" in data:
+        kwargs["retrain"] = None if data["retrain"] is None else RetrainRecipe.from_dict(data["retrain"])
+    return SweepConfig(**kwargs)
+
+
+def _resolve_path(p: str, base_dir: Path) -> str:
+    if "://" in p or Path(p).is_absolute():
+        return p
+    here = (base_dir / p)
+    return str(here.resolve() if here.exists() or not Path(p).exists() else Path(p).resolve())
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a sweep YAML, apply ``--set key=value`` overrides, validate; ``ValueError`` names the bad key."""
+    from orchestrator.search.config import apply_overrides
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return sweep_from_dict(apply_overrides(data, list(overrides)) if isinstance(data, dict) else data,
+                               path.resolve().parent)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ---- resolving against the space --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial of a grid: a hardware, an absolute target in its unit, a seed."""
+
+    hardware: str
+    target: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.hardware}-t{self.target:.4g}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class HardwareInfo:
+    hardware: str
+    unit: str
+    bounds: tuple[float, float]
+    table: str | None
+
+
+def base_config(sweep: SweepConfig):
+    """The base search config with the sweep's overrides applied (checked like ``nas search --config``)."""
+    from orchestrator.search import load_config
+
+    return load_config(sweep.search, sweep.overrides)
+
+
+def hardware_info(sweep: SweepConfig) -> dict[str, HardwareInfo]:
+    """Every hardware's latency model on the sweep's space: its unit and reachable range (fails on a bad table)."""
+    from orchestrator.search import resolve_latency
+
+    cfg = base_config(sweep)
+    out = {}
+    for g in sweep.grid:
+        model = resolve_latency(cfg.replace(hardware=g.hardware, latency_table=g.table))
+        out[g.hardware] = HardwareInfo(g.hardware, model.unit, model.bounds(), g.table)
+    return out
+
+
+def _check_target(hw: HardwareInfo, target: float, space: str) -> None:
+    lo, hi = hw.bounds
+    if target < lo:
+        raise ValueError(f"target {target:g} {hw.unit} for hardware {hw.hardware!r} is below the fastest network "
+                         f"of space {space!r} ({lo:.4g} {hw.unit}; reachable {lo:.4g} to {hi:.4g}): no architecture "
+                         f"can meet it")
+    if target > hi:
+        log.warning("target %g %s for %s is above the largest network of %s (%.4g): the constraint never binds",
+                    target, hw.unit, hw.hardware, space, hi)
+
+
+def resolve_points(sweep: SweepConfig, info: Mapping[str, HardwareInfo], default_seed: int,
+                   space: str) -> list[TrialPoint]:
+    """The grid's trials with absolute targets; a target no architecture can reach is refused here."""
+    seeds = sweep.seeds or (default_seed,)
+    points = []
+    for g in sweep.grid:
+        hw = info[g.hardware]
+        lo, hi = hw.bounds
+        if g.sampled:
+            _check_target(hw, g.low, space)
+            _check_target(hw, g.high, space)
+            continue
+        targets = g.targets or tuple(round(lo + r * (hi - lo), 6) for r in g.relative)
+        for t in targets:
+            _check_target(hw, t, space)
+        points += [TrialPoint(g.hardware, t, s) for s in seeds for t in targets]
+    return points

@@ -1,0 +1,112 @@
+"""The latency of a derived network, measured where its hardware is: always in a Ray task.
+
+A measured profile (``cpu-...``, ``cuda-...``) times the whole network with the latency package's harness and the
+table's own settings, in a task that needs the ``hw:<name>`` resource, so it runs on a node that has that hardware
+(one at a time there: measurements disturb each other). ``flops`` counts MACs with ``metrics.count_macs``, also in
+a task, so the driver of a sweep on a cluster never does the work itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MeasuredLatency:
+    """One network's latency on one hardware, with the reference to the table (and its provenance) it relates to."""
+
+    arch: str
+    hardware: str
+    unit: str
+    value: float  # measured (ms) or counted (MMAC)
+    predicted: float  # the search's latency model for the same network
+    method: str  # "measured" (whole network, timed) or "macs" (counted)
+    table: str | None
+    provenance: dict
+    node: dict
+    seconds: float  # task time (compute cost of the measurement)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, default=str)
+
+
+def _count_mmacs(arch: str) -> tuple[float, dict, float]:
+    import socket
+
+    from orchestrator.metrics import count_macs
+    from orchestrator.network import build_net
+
+    t0 = time.time()
+    net = build_net(arch)
+    macs = count_macs(net, net.space.resolution, net.space.in_channels)
+    return macs / 1e6, {"hostname": socket.gethostname()}, time.time() - t0
+
+
+def _time_network(arch: str, table_uri: str, repeats: int | None) -> tuple[float, dict, float]:
+    from orchestrator.latency.runner import config_of, measure_archs_chunk
+    from orchestrator.latency.table import LatencyTable
+
+    t0 = time.time()
+    table = LatencyTable.load(table_uri)
+    cfg = config_of(table)
+    if repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=repeats)
+    res = measure_archs_chunk(table.provenance.space, [arch], cfg)
+    return res.entries[arch].latency_ms, dataclasses.asdict(res.node), time.time() - t0
+
+
+def _outside_trial():
+    """Schedule outside the calling Tune trial's placement group (which holds only the trial's own tiny share),
+    so that the task lands wherever its hardware resource is."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=None)
+
+
+def check_hardware_available(hardware: str) -> None:
+    """Refuse a measured profile that no node of the running cluster offers (its task would wait forever)."""
+    import ray
+
+    from orchestrator.latency.hardware import parse_profile
+
+    profile = parse_profile(hardware)
+    if profile.measured and ray.cluster_resources().get(profile.resource, 0) <= 0:
+        raise ValueError(f"no node in the Ray cluster offers hardware {hardware!r} (resource {profile.resource!r}); "
+                         f"start one with --resources '{{\"{profile.resource}\": 1}}'")
+
+
+def measure_latency(arch: str, hardware: str, table: str | None, repeats: int | None = None) -> MeasuredLatency:
+    """Measure (or count) ``arch`` on ``hardware`` in a Ray task placed where that hardware is."""
+    import ray
+
+    from orchestrator.latency.hardware import parse_profile
+    from orchestrator.latency.profiles import latency_model
+    from orchestrator.spaces import get_space
+
+    profile = parse_profile(hardware)
+    space = get_space(arch.split(":", 1)[0].split("@", 1)[0])
+    model = latency_model(hardware, space, table)
+    predicted = model.exact(space.parse(arch))
+    if profile.measured:
+        if table is None:
+            raise ValueError(f"hardware {hardware!r} is measured: its table URI is needed to time it the same way")
+        check_hardware_available(hardware)
+        task = ray.remote(_time_network).options(resources={profile.resource: 1}, num_cpus=1,
+                                                 num_gpus=1 if profile.kind == "cuda" else 0, max_retries=1,
+                                                 scheduling_strategy=_outside_trial())
+        value, node, secs = ray.get(task.remote(arch, table, repeats))
+        from orchestrator.latency.table import LatencyTable
+
+        prov = dataclasses.asdict(LatencyTable.load(table).provenance)
+        method = "measured"
+    elif profile.kind == "analytic":
+        task = ray.remote(_count_mmacs).options(num_cpus=0.01, max_retries=1, scheduling_strategy=_outside_trial())
+        value, node, secs = ray.get(task.remote(arch))
+        prov, method = dict(model.provenance), "macs"
+    else:  # an imported table (pixel1): no such device in the cluster, so the table's estimate stands in
+        value, node, secs, method = predicted, {}, 0.0, "table-estimate"
+        prov = dict(model.provenance)
+    return MeasuredLatency(arch, hardware, model.unit, float(value), float(predicted), method, table, prov, node, secs)

@@ -1,0 +1,93 @@
+"""One sweep trial, as a Tune function trainable: search (forked from the shared warm-up) -> measure -> retrain.
+
+Everything a trial needs travels in its Tune config (``ctx``), so a restored sweep rebuilds identical trials. The
+search and the retrain are Ray Train runs with stable names under the sweep's storage, so a trial interrupted
+with its driver resumes from their checkpoints; their reports reach Tune through ``TuneReportCallback``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def trial_point(config: dict) -> tuple[str, float, int]:
+    """(hardware, target, seed) of a grid trial (``point``) or a sampled one (top-level keys)."""
+    p = config.get("point") or config
+    return str(p["hardware"]), float(p["target"]), int(p["seed"])
+
+
+def draw_target(spec) -> float:
+    """A Tune ``sample_from``: a target from the trial's hardware's own range (units differ per hardware)."""
+    import math
+    import random
+
+    cfg = spec.config
+    hw = cfg["hardware"]
+    dist, low, high = cfg["ctx"]["ranges"][hw]
+    if dist == "loguniform":
+        return round(math.exp(random.uniform(math.log(low), math.log(high))), 6)
+    return round(random.uniform(low, high), 6)
+
+
+def point_key(hardware: str, target: float, seed: int) -> str:
+    return f"{hardware}-t{target:.4g}-s{seed}"
+
+
+def sweep_trial(config: dict) -> None:
+    """Tune trainable: the search, its latency measured on the target hardware, the net retrained; one report."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator import tracking
+    from orchestrator.distributed import RunSpec, run_distributed_search
+    from orchestrator.retrain import RetrainRecipe, RetrainSpec, run_retrain
+    from orchestrator.search.config import config_from_dict
+    from orchestrator.sweep.measure import measure_latency
+
+    ctx = config["ctx"]
+    hw, target, seed = trial_point(config)
+    key = point_key(hw, target, seed)
+    table = ctx["tables"].get(hw)
+    uri, experiment, parent = ctx["tracking_uri"], ctx["experiment"], ctx["parent_run_id"]
+    cfg = config_from_dict(ctx["search"]).replace(hardware=hw, target=target, seed=seed, latency_table=table)
+    warm = ctx["warmups"].get(str(seed))  # None when every trial pays its own warm-up
+    lineage = {"nas.sweep": ctx["name"], "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
+    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
+                   storage_path=f"{ctx['storage']}/searches", name=f"search-{key}", tracking_uri=uri,
+                   experiment=experiment, parent_run_id=parent, warm_start=warm["state_uri"] if warm else None,
+                   tags=tuple({**lineage, "nas.warm_start": warm["state_uri"] if warm else "",
+                               "nas.warmup_run_id": warm["run_id"] if warm else ""}.items()))
+    res = run_distributed_search(cfg, spec, callbacks=(TuneReportCallback(),))
+    arch = res.search["arch"]
+    lat = measure_latency(arch, hw, table, ctx.get("measure_repeats"))
+    tracking.log_artifact_files(uri, res.run_id, {"latency.json": lat.to_json()})
+    tracking.log_metrics(uri, res.run_id, {"measured_latency": lat.value}, step=res.search["steps"])
+    warm_share = warm["worker_seconds"] / ctx["trials_per_warmup"] if warm else 0.0
+    cost = {"search_worker_seconds": res.worker_seconds, "warmup_share_worker_seconds": warm_share,
+            "measure_seconds": lat.seconds}
+    out = {"hardware": hw, "target": target, "seed": seed, "unit": lat.unit, "arch": arch,
+           "search_run_id": res.run_id, "measured_latency": lat.value, "predicted_latency": lat.predicted,
+           "supernet_valid_accuracy": res.search.get("valid_accuracy"), **cost}
+    if ctx["retrain"] is not None:
+        tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
+                "nas.latency_unit": lat.unit, "nas.latency_method": lat.method}
+        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
+                            storage_path=f"{ctx['storage']}/retrains", name=f"retrain-{key}", tracking_uri=uri,
+                            experiment=experiment, parent_run_id=res.run_id, tags=tuple(tags.items()))
+        before = res.worker_seconds + warm_share + lat.seconds
+        rt = run_retrain(arch, RetrainRecipe(**ctx["retrain"]), rspec, callbacks=(TuneReportCallback(),),
+                         extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
+                                        "target": target, **cost},
+                         extra_files={"latency.json": lat.to_json()})
+        point_ws = before + rt.worker_seconds
+        tracking.log_metrics(uri, rt.run_id, {"point_worker_seconds": point_ws,
+                                              "point_gpu_seconds": rt.gpu_seconds}, step=rt.epochs)
+        out.update(retrain_run_id=rt.run_id, val_accuracy=rt.val_accuracy, retrain_worker_seconds=rt.worker_seconds,
+                   point_worker_seconds=point_ws, point_gpu_seconds=rt.gpu_seconds)
+    else:
+        out.update(point_worker_seconds=res.worker_seconds + warm_share + lat.seconds, point_gpu_seconds=0.0)
+    log.info("trial %s: %s", key, json.dumps(out, default=str))
+    tune.report({**out, "trial_done": 1})

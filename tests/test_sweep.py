@@ -1,0 +1,189 @@
+"""Sweeps end to end on the tiny space against a real MLflow server (SQLite backend, artifacts on moto S3): a driver
+killed mid-sweep, resumed without repeating finished trials; runs, nesting, lineage tags, artifacts and Pareto plots;
+``nas pareto`` reading them back; and the refusals that come before any compute."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, assert_one_line_error, run_nas
+from tests.servers import _pids_mentioning, _stop_group
+
+TINY = ROOT / "configs" / "tiny.yaml"
+TARGETS = [0.08, 0.14]
+
+
+def write_sweep(path: Path, name: str, storage: Path, tracking: str, grid=None, **extra) -> Path:
+    cfg = {"name": name, "search": str(TINY), "overrides": ["epochs=3", "warmup_epochs=1", "log_every=10"],
+           "grid": [{"hardware": "flops", "targets": TARGETS}] if grid is None else grid,
+           "workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1, "storage": str(storage),
+           "tracking_uri": tracking, "retrain": {"epochs": 2, "lr": 0.05, "batch_size": 32}, **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---- refusals before any compute ----------------------------------------------------------------------------------
+
+def test_empty_grid_is_one_line_error(tmp_path):
+    cfg = write_sweep(tmp_path / "s.yaml", "empty", tmp_path / "runs", f"sqlite:///{tmp_path}/m.db", grid=[])
+    assert_one_line_error(run_nas("sweep", "--config", str(cfg)), "grid: empty")
+
+
+def test_unreachable_target_is_refused_before_compute(tmp_path):
+    grid = [{"hardware": "flops", "targets": [0.01, 0.1]}]
+    cfg = write_sweep(tmp_path / "s.yaml", "unreachable", tmp_path / "runs", f"sqlite:///{tmp_path}/m.db", grid=grid)
+    t0 = time.time()
+    proc = run_nas("sweep", "--config", str(cfg))
+    assert_one_line_error(proc, "target 0.01 MMAC", "'flops'", "below the fastest network", "tiny")
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_pareto_of_unknown_experiment_is_one_line_error(mlflow_server, tmp_path):
+    proc = run_nas("pareto", "--experiment", "no-such-sweep", "--out", str(tmp_path / "p"),
+                   "--tracking-uri", mlflow_server.tracking_uri)
+    assert_one_line_error(proc, "unknown MLflow experiment 'no-such-sweep'")
+    assert not (tmp_path / "p").exists()
+    missing = run_nas("pareto", "--experiment", "x", "--out", str(tmp_path / "p"),
+                      "--tracking-uri", f"sqlite:///{tmp_path}/none.db")
+    assert_one_line_error(missing, "no MLflow store at")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_sweep_config_is_typed(tmp_path):
+    from orchestrator.sweep import load_sweep
+
+    cfg = write_sweep(tmp_path / "s.yaml", "typed", tmp_path / "runs", "sqlite:///x.db",
+                      grid=[{"hardware": "flops", "targets": {"uniform": [0.07, 0.2], "samples": 2}}])
+    s = load_sweep(cfg)
+    assert s.grid[0].distribution == "uniform" and s.grid[0].samples == 2 and s.max_concurrent_trials == 1
+    with pytest.raises(ValueError, match="workers_per_trial: expected int"):
+        load_sweep(cfg, ["workers_per_trial=two"])
+    with pytest.raises(ValueError, match=r"retrain.epochs: must be at least 1"):
+        load_sweep(cfg, ["retrain.epochs=0"])
+
+
+# ---- the whole pipeline, interrupted and resumed --------------------------------------------------------------
+
+def _runs(client, exp_id: str, kind: str):
+    return client.search_runs([exp_id], filter_string=f"tags.`nas.kind` = '{kind}'")
+
+
+def _start(cfg: Path, env: dict, log: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "nas"
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(exe), "sweep", "--config", str(cfg)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(mlflow_server, tmp_path_factory):
+    """A 2-trial sweep whose driver (and its private Ray) is killed once the first trial has finished, then the
+    same command again. Returns (experiment name, server, first trial's retrain run id, logs)."""
+    from mlflow import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    name = "sweep-test"
+    cfg = write_sweep(tmp / "sweep.yaml", name, tmp / "runs", mlflow_server.tracking_uri)
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    proc = _start(cfg, env, tmp / "first.log")
+    first_retrain = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                done = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"]
+                searches = _runs(client, exp.experiment_id, "search")
+                if done and len(searches) >= 2:  # trial 1 finished, trial 2 under way: kill the driver now
+                    first_retrain = done[0].info.run_id
+                    break
+            time.sleep(1)
+        assert first_retrain, f"first trial did not finish in time:\n{(tmp / 'first.log').read_text()[-3000:]}"
+    finally:
+        _stop_group(proc, grace=0.1, marker=ray_tmp)
+    second = subprocess.run([str(Path(sys.executable).parent / "nas"), "sweep", "--config", str(cfg)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    for pid in _pids_mentioning(ray_tmp):  # anything of the killed driver's Ray that outlived its group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
+    return name, mlflow_server, first_retrain, second.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_server, tmp_path):
+    from mlflow import MlflowClient
+
+    name, server, first_retrain, out = resumed_sweep
+    assert "(resumed)" in out and "2 trial(s) finished, 0 failed" in out
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    (parent,) = _runs(client, exp.experiment_id, "sweep")
+    assert parent.info.status == "FINISHED"
+    pid = parent.info.run_id
+    assert len(_runs(client, exp.experiment_id, "warmup")) == 1  # warm-up paid once, not again on resume
+    searches = [r for r in _runs(client, exp.experiment_id, "search") if r.info.status == "FINISHED"]
+    retrains = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"]
+    # one finished search and one retrain per target: the finished trial was not repeated
+    assert sorted(float(r.data.tags["nas.target"]) for r in searches) == TARGETS
+    assert sorted(float(r.data.tags["nas.target"]) for r in retrains) == TARGETS
+    assert first_retrain in {r.info.run_id for r in retrains}
+    by_id = {r.info.run_id: r for r in searches}
+    warm = _runs(client, exp.experiment_id, "warmup")[0].info.run_id
+    for s in searches:
+        assert s.data.tags["mlflow.parentRunId"] == pid and s.data.tags["nas.sweep_run_id"] == pid
+        assert s.data.tags["nas.warmup_run_id"] == warm and s.data.tags["nas.warm_start"].endswith("search_state.pt")
+        assert s.data.params["search.hardware"] == "flops" and s.data.params["search.space"] == "tiny"
+        assert len(client.get_metric_history(s.info.run_id, "loss")) >= 2  # metrics over time
+        arts = {a.path for a in client.list_artifacts(s.info.run_id)}
+        assert {"arch.txt", "net.config", "alpha.csv", "latency.json"} <= arts
+    for r in retrains:
+        tags = r.data.tags
+        search = by_id[tags["nas.search_run_id"]]  # lineage: each retrain points at its finished search
+        assert tags["mlflow.parentRunId"] == search.info.run_id
+        assert tags["nas.arch"] == search.data.tags["nas.arch"] and tags["nas.hardware"] == "flops"
+        assert tags["nas.sweep_run_id"] == pid and tags["nas.latency_unit"] == "MMAC"
+        m = r.data.metrics
+        assert 0 < m["val_accuracy"] <= 1 and m["measured_latency"] > 0 and m["point_worker_seconds"] > 0
+        assert "point_gpu_seconds" in m
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"net.onnx", "net.config", "arch.txt", "latency.json"} <= arts
+        lat = json.loads(Path(client.download_artifacts(r.info.run_id, "latency.json", str(tmp_path))).read_text())
+        assert lat["method"] == "macs" and lat["provenance"]["space"] == "tiny"
+    pareto = {a.path for a in client.list_artifacts(pid, "pareto")}
+    assert {"pareto/pareto-flops.png", "pareto/pareto.json"} <= pareto
+    # the artifacts live in the server's S3 bucket
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=server.s3_bucket).get("Contents", [])]
+    assert any(k.endswith("pareto-flops.png") for k in keys) and any(k.endswith("net.onnx") for k in keys)
+
+    proc = run_nas("pareto", "--experiment", name, "--out", str(tmp_path / "p"),
+                   "--tracking-uri", server.tracking_uri)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p" / "pareto-flops.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    series = summary["hardware"]["flops"]["series"][name]
+    assert len(series["points"]) == 2 and series["front"] and series["hypervolume"] > 0
+
+
+def test_retrain_refuses_bad_input_before_ray(tmp_path):
+    recipe = ROOT / "configs" / "retrain-digits.yaml"
+    assert_one_line_error(run_nas("retrain", "--arch", "tiny:bogus", "--config", str(recipe)), "unknown op token")
+    assert_one_line_error(run_nas("retrain", "--arch", "tiny:k3e3.zero/k5e6.zero", "--config", str(recipe),
+                                  "--set", "lr=-1"), "retrain.lr: must be positive")
