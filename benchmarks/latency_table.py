@@ -24,7 +24,8 @@ from pathlib import Path
 
 from orchestrator.latency.hardware import default_profile
 from orchestrator.latency.measure import MeasureConfig
-from orchestrator.latency.runner import build_table, ray_session, validate_table
+from orchestrator.latency.runner import build_table, validate_table
+from orchestrator.ray_session import ray_session
 from orchestrator.spaces import get_space
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -17,6 +17,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,18 +235,47 @@ def check_existing_run(storage: str, name: str, cfg: SearchConfig) -> None:
                          f"{', '.join(diff)}); refusing to resume it: choose another --name")
 
 
+def fit_tracked(what: str, name: str, loop: Any, loop_config: dict, *, num_workers: int, use_gpu: bool,
+                per_worker: dict, storage: str, max_failures: int, keep: int, callbacks: Sequence[Any],
+                uri: str, run_id: str) -> tuple[Any, float]:
+    """Fit ``loop`` on Ray Train workers with checkpoints under ``storage``/``name``; on failure the MLflow run
+    is marked FAILED and one line says why. Returns (Ray ``Result``, wall seconds)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator import tracking
+    from orchestrator.storage import resolve as resolve_storage
+
+    loc = resolve_storage(storage)  # an explicit filesystem carries an S3-compatible endpoint to every worker
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(name=name, storage_path=loc.root, storage_filesystem=loc.fs if loc.is_s3 else None,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep), callbacks=list(callbacks)),
+    )
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RuntimeError(f"{what} {name!r} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if result.return_value is None:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RuntimeError(f"{what} {name!r} returned no result")
+    return result, time.time() - t0
+
+
 def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = ()) -> DistributedResult:
     """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers.
 
     ``callbacks`` go to the trainer's RunConfig (e.g. ``TuneReportCallback()`` when a Tune trial runs the search)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from orchestrator import tracking
     from orchestrator.cluster_checks import check_resources, check_storage
     from orchestrator.search import resolve_latency
-    from orchestrator.storage import resolve as resolve_storage
 
     resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
@@ -270,33 +300,17 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
                                  params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
                                          "provenance": provenance()},
                                  tags=tags, parent_run_id=spec.parent_run_id)
-    threads = max(1, int(spec.cpus_per_worker))
-    loc = resolve_storage(storage)  # an explicit filesystem carries an S3-compatible endpoint to every worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
-                           "threads": threads},
-        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=name, storage_path=loc.root, storage_filesystem=loc.fs if loc.is_s3 else None,
-                             failure_config=FailureConfig(max_failures=spec.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks)),
-    )
-    t0 = time.time()
-    try:
-        result = trainer.fit()
-    except Exception as e:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"search {name!r} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    wall = time.time() - t0
+    result, wall = fit_tracked(
+        "search", name, train_loop_per_worker,
+        {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
+         "threads": max(1, int(spec.cpus_per_worker))},
+        num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
+        max_failures=spec.max_failures, keep=2, callbacks=callbacks, uri=uri, run_id=run_id)
     out = result.return_value
-    if out is None:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"search {name!r} returned no result")
     ckpt_path = None
     if result.checkpoint is not None:
         ckpt_path = result.checkpoint.path
-        if loc.is_s3 and not ckpt_path.startswith("s3://"):
+        if storage.startswith("s3://") and not ckpt_path.startswith("s3://"):
             ckpt_path = "s3://" + ckpt_path
     worker_seconds = wall * spec.num_workers
     log_search_result(uri, run_id, out, cost={"worker_seconds": worker_seconds,

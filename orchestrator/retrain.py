@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -247,16 +246,13 @@ def run_retrain(arch: str, recipe: RetrainRecipe, spec: RetrainSpec, *, callback
     ``spec.parent_run_id``): curves, final top-1, cost, net.config, ONNX. ``extra_metrics``/``extra_files`` (e.g.
     the measured latency and its table reference) go into the same run, so one run is one Pareto point."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from orchestrator import tracking
     from orchestrator.arch import Arch
     from orchestrator.cluster_checks import check_resources, check_storage
+    from orchestrator.distributed import fit_tracked
     from orchestrator.export import export_onnx
     from orchestrator.netconfig import to_net_config
     from orchestrator.network import build_net
-    from orchestrator.storage import resolve as resolve_storage
 
     from orchestrator.spaces import get_space
 
@@ -276,27 +272,13 @@ def run_retrain(arch: str, recipe: RetrainRecipe, spec: RetrainSpec, *, callback
                                  params={"arch": arch, "retrain": asdict(recipe),
                                          "run": {"num_workers": spec.num_workers,
                                                  "cpus_per_worker": spec.cpus_per_worker, "use_gpu": spec.use_gpu}})
-    loc = resolve_storage(storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"arch": arch, "recipe": asdict(recipe), "run_id": run_id, "tracking_uri": uri,
-                           "threads": max(1, int(spec.cpus_per_worker))},
-        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=name, storage_path=loc.root, storage_filesystem=loc.fs if loc.is_s3 else None,
-                             failure_config=FailureConfig(max_failures=spec.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=list(callbacks)),
-    )
-    t0 = time.time()
-    try:
-        out = trainer.fit().return_value
-    except Exception as e:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"retrain {name!r} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    wall = time.time() - t0
-    if out is None:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"retrain {name!r} returned no result")
+    result, wall = fit_tracked(
+        "retrain", name, train_loop_per_worker,
+        {"arch": arch, "recipe": asdict(recipe), "run_id": run_id, "tracking_uri": uri,
+         "threads": max(1, int(spec.cpus_per_worker))},
+        num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
+        max_failures=spec.max_failures, keep=1, callbacks=callbacks, uri=uri, run_id=run_id)
+    out = result.return_value
     net = build_net(arch)
     net.load_state_dict(torch.load(io.BytesIO(out["state_bytes"]), map_location="cpu", weights_only=True))
     onnx_dir = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="retrain-onnx-"))

@@ -71,7 +71,8 @@ def build(hardware: tuple[str, ...], space_name: str, batch_size: int, threads: 
     import contextlib
 
     from orchestrator.latency.measure import MeasureConfig
-    from orchestrator.latency.runner import build_tables, ray_session
+    from orchestrator.latency.runner import build_tables
+    from orchestrator.ray_session import ray_session
     from orchestrator.spaces import get_space
 
     space = get_space(space_name)
@@ -141,7 +142,8 @@ def validate(table_uri: str, samples: int, seed: int, as_json: bool, local: bool
     """Measure random whole networks on the table's hardware and compare with its predictions."""
     import contextlib
 
-    from orchestrator.latency.runner import config_of, ray_session, validate_table
+    from orchestrator.latency.runner import config_of, validate_table
+    from orchestrator.ray_session import ray_session
     from orchestrator.latency.table import LatencyTable
 
     table = LatencyTable.load(table_uri, endpoint)

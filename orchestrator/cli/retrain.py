@@ -30,7 +30,7 @@ def retrain(arch: str, config_path: str, overrides: tuple[str, ...], workers: in
     """Retrain ARCH from scratch and report its validation top-1 accuracy."""
     from orchestrator.netconfig import load_arch
     from orchestrator.retrain import RetrainSpec, load_recipe, run_retrain
-    from orchestrator.sweep.runner import ray_cluster
+    from orchestrator.ray_session import ray_session
 
     recipe = load_recipe(config_path, overrides)
     a = load_arch(arch)
@@ -38,7 +38,7 @@ def retrain(arch: str, config_path: str, overrides: tuple[str, ...], workers: in
     spec = RetrainSpec(num_workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=gpu, storage_path=storage,
                        name=name, tracking_uri=tracking_uri, experiment=experiment,
                        parent_run_id=parent_run_id or search_run_id, tags=tags)
-    with ray_cluster():
+    with ray_session():
         res = run_retrain(a.encode(), recipe, spec, onnx_dir=out_dir)
     click.echo(f"arch: {res.arch}")
     click.echo(f"val top-1: {res.val_accuracy:.4f} after {res.epochs} epochs ({res.wall_seconds:.0f} s)")

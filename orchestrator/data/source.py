@@ -141,7 +141,7 @@ def _folder_tree(uri: str) -> SourceTree:
     return scan_imagefolder(uri.removeprefix("file://"))
 
 
-def _folder_parts(cfg: DataConfig) -> _Parts:
+def folder_parts(cfg: DataConfig) -> _Parts:
     tree = _folder_tree(cfg.uri)
     _check_classes(len(tree.classes), cfg, tree.root)
     labels = np.array([c for _, c in tree.samples])
@@ -206,7 +206,7 @@ def make_loaders(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> Loaders
                           _loader(valid, cfg, eval_bs))
         sizes = (len(train), len(holdout), len(valid))
     else:
-        parts = _digits_parts(cfg) if cfg.kind == "digits" else _folder_parts(cfg)
+        parts = _digits_parts(cfg) if cfg.kind == "digits" else folder_parts(cfg)
         samplers = (RankSampler(len(parts.train), rank, world_size, True, cfg.seed, cfg.equalize),
                     RankSampler(len(parts.holdout), rank, world_size, True, cfg.seed, cfg.equalize),
                     RankSampler(len(parts.valid), rank, world_size, False, cfg.seed, False))

@@ -8,19 +8,17 @@ different hardware runs in parallel. The driver shows progress as chunks finish.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from orchestrator.arch import Arch
-from orchestrator.latency.hardware import HardwareProfile, device_name, local_profiles, node_resources
+from orchestrator.latency.hardware import HardwareProfile, device_name
 from orchestrator.latency.measure import (
     MeasureConfig,
     entry_keys,
@@ -140,26 +138,6 @@ def run_ray(jobs: Sequence[Job], profile: HardwareProfile, cfg: MeasureConfig, d
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if isinstance(e.cause, Exception) else e
         raise ValueError(f"{profile.name}: {str(cause).splitlines()[0]}") from None
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``); without one, start a local Ray whose node offers
-    this machine's hardware. Shuts down only a connection this call made."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(resources=node_resources(local_profiles()), logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 # ---- build ------------------------------------------------------------------------------------------------------

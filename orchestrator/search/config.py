@@ -17,7 +17,7 @@ import yaml
 
 REGULARIZERS = ("mul#log", "add#linear", "latency", "none")
 ARCH_ALGOS = ("grad", "rl")
-DATASETS = ("digits", "imagenet")
+DATASETS = ("digits", "imagefolder")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class ArchConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
+    name: str = "digits"  # digits (embedded) | imagefolder (an ImageNet-style train/<class>/*.JPEG tree)
+    uri: str | None = None  # the ImageFolder root (local or NFS path), for name=imagefolder
+    valid_uri: str | None = None  # a separate validation tree (ImageNet's val); else carved out of uri
     holdout_per_class: int = 20  # held-out images per class for arch steps (official: 50 per ImageNet class)
     valid_fraction: float = 0.2
     seed: int = 0
@@ -156,6 +158,10 @@ def validate(cfg: SearchConfig) -> None:
     _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
     if d.name not in DATASETS:
         _fail("data.name", f"unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
+    if d.name == "imagefolder" and not d.uri:
+        _fail("data.uri", "the imagefolder dataset needs the path of its root folder")
+    if d.name == "digits" and (d.uri or d.valid_uri):
+        _fail("data.uri", "the embedded digits take no uri")
     _positive("data.holdout_per_class", d.holdout_per_class)
     if not 0 <= d.valid_fraction < 1:
         _fail("data.valid_fraction", f"must be in [0, 1), got {d.valid_fraction}")

@@ -197,15 +197,22 @@ def make_result(state: SearchState, valid: Dataset | None = None) -> SearchResul
 
 
 def load_data(cfg: SearchConfig) -> Any:
-    """The embedded data a one-process search runs on (digits at the space's resolution)."""
-    if cfg.data.name != "digits":
-        raise ValueError(f"data.name: {cfg.data.name!r} is not loaded by a one-process search "
-                         "(it runs on the embedded digits; ImageNet runs go through the cluster job)")
-    from orchestrator.data.digits import digits_splits
-
+    """The three splits a search runs on, as map-style datasets (``.train``, ``.holdout``, ``.valid``): the embedded
+    digits, or an ImageFolder tree (ImageNet) with its seeded per-class held-out split and standard transforms.
+    Every rank builds the same splits; ``run_search(shard=...)`` then gives each rank its part of every batch."""
     space = get_space(cfg.space)
-    return digits_splits(space.resolution, seed=cfg.data.seed, holdout_per_class=cfg.data.holdout_per_class,
-                         valid_fraction=cfg.data.valid_fraction)
+    if cfg.data.name == "digits":
+        from orchestrator.data.digits import digits_splits
+
+        return digits_splits(space.resolution, seed=cfg.data.seed, holdout_per_class=cfg.data.holdout_per_class,
+                             valid_fraction=cfg.data.valid_fraction)
+    from orchestrator.data.source import DataConfig as Source
+    from orchestrator.data.source import folder_parts
+
+    return folder_parts(Source(kind="imagefolder", uri=cfg.data.uri, valid_uri=cfg.data.valid_uri,
+                               resolution=space.resolution, holdout_per_class=cfg.data.holdout_per_class,
+                               valid_fraction=cfg.data.valid_fraction, seed=cfg.data.seed,
+                               num_classes=space.num_classes))
 
 
 def save_checkpoint(state: SearchState, path: str | Path) -> None:

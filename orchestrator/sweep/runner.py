@@ -8,17 +8,15 @@ finished trial, and reuses the same MLflow parent run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.ray_session import ray_session
 from orchestrator.sweep.config import SweepConfig, base_config, hardware_info, resolve_points
 
 log = logging.getLogger(__name__)
@@ -46,30 +44,6 @@ class SweepResult:
         return self.warmup_worker_seconds + sum(
             t.get("search_worker_seconds", 0) + t.get("measure_seconds", 0) + t.get("retrain_worker_seconds", 0)
             for t in self.trials)
-
-
-@contextlib.contextmanager
-def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Join ``address`` (or ``RAY_ADDRESS``), else start a private local Ray whose node offers this machine's
-    hardware (``hw:<name>``) — never silently attach to another user's local cluster. Shuts down only what it
-    started or joined."""
-    import ray
-
-    from orchestrator.latency.hardware import local_profiles, node_resources
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                 logging_level=logging.WARNING, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _meta_io(storage: str, name: str):
@@ -186,7 +160,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
     storage = check_storage(sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve()))
     loc = resolve_storage(storage)
     read, write = _meta_io(storage, sweep.name)
-    with ray_cluster(address, num_cpus):
+    with ray_session(address, num_cpus):
         check_cluster(sweep)
         meta, resumed = _start_or_resume_parent(sweep, uri, read, write, points)
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
