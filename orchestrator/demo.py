@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import json
 import time
 from pathlib import Path
 
@@ -98,4 +99,8 @@ def main(out_dir: str = "demo-out", name: str | None = None):
               f"  compare sweeps: nas pareto --experiment {result.name} --tracking-uri {result.tracking_uri} "
               f"--out {out / 'compare'}"]
     log.info("\n".join(lines))
+    summary = {"wall_seconds": round(time.time() - t0, 1), "trials": result.trials, "failed": len(result.errors),
+               "worker_seconds": result.worker_seconds, "warmup_worker_seconds": result.warmup_worker_seconds,
+               "fronts": rep.summary, "experiment": result.name, "tracking_uri": result.tracking_uri}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return result
