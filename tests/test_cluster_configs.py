@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 SCRIPTS = CLUSTER / "scripts"
-GUIDE = ROOT / "docs" / "operator-guide.md"
+GUIDE = ROOT / "README.md"  # the operator guide is a section of the README
 
 PLACEHOLDER = re.compile(r"REPLACE_ME_[A-Z_]+")
 KNOWN_PLACEHOLDERS = {"REPLACE_ME_ACCOUNT_ID", "REPLACE_ME_BUCKET", "REPLACE_ME_AMI"}
@@ -306,7 +306,7 @@ def test_no_secrets_and_only_documented_placeholders_in_cluster_files():
         seen |= set(PLACEHOLDER.findall(text))
     assert seen <= KNOWN_PLACEHOLDERS, seen - KNOWN_PLACEHOLDERS
     for ph in seen:
-        assert ph in guide, f"{ph} is not explained in docs/operator-guide.md"
+        assert ph in guide, f"{ph} is not explained in the README's operator guide"
 
 
 # ---- node scripts, run for real against moto (SSM + S3) and a local MLflow ---------------------------------
@@ -393,4 +393,4 @@ def test_operator_guide_covers_the_workflow():
                  "ray down cluster/aws.yaml", "ray start --head", "ray start --address", "RAY_API_SERVER_ADDRESS",
                  "RAY_AUTH_MODE", "kubectl port-forward", "cluster/kuberay/rayjob.yaml"):
         assert must in text, must
-    assert re.search(r"TODO.*GPU-hours", text)
+    assert "### 8. Cost" in text and "GPU-hours" in text and "benchmarks.imagenet_step" in text
