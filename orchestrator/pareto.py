@@ -74,7 +74,7 @@ def plot_fronts(fronts: dict[str, list[Point]], out: str | Path, title: str, uni
         ax.annotate(ref.label, (ref.latency, 100 * ref.error), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"latency ({unit})")
     ax.set_ylabel("top-1 error (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     out = Path(out)
