@@ -23,12 +23,27 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
     Relative SQLite paths are made absolute, because Ray workers run in other working directories.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_sqlite_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     elif "://" not in uri:
         raise ValueError(f"tracking URI {uri!r} has no scheme: use http(s)://host:port or sqlite:///path")
     return uri
+
+
+def default_sqlite_uri() -> str:
+    """SQLite in the working directory; but inside a Ray job, whose working directory is a temporary copy that
+    Ray deletes, in ``~/.nas/mlflow.db`` on the node that runs the driver, so that the record outlives the job."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = None
+    if cwd is None or "runtime_resources" in Path(cwd).parts:
+        home = Path.home() / ".nas"
+        home.mkdir(parents=True, exist_ok=True)
+        log.warning("MLFLOW_TRACKING_URI is not set; recording to sqlite:///%s/mlflow.db on this node", home)
+        return f"sqlite:///{home}/mlflow.db"
+    return "sqlite:///mlflow.db"
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -54,6 +69,11 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 def client(uri: str):
     from mlflow import MlflowClient
 
+    try:  # MLflow's SQLite store resolves its default artifact root against the working directory, which a
+        os.getcwd()  # Ray job's can lose: a second node on the same machine re-extracts the job's package there
+    except FileNotFoundError:
+        os.chdir(Path.home())
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -64,7 +84,10 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str:
         return exp.experiment_id
     if not create:
         raise ValueError(f"unknown MLflow experiment {name!r} at {uri}")
-    return c.create_experiment(name)
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever the working directory is
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return c.create_experiment(name, artifact_location=location)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
