@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +81,10 @@ class RetrainRecipe:
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RetrainRecipe:
     """A recipe from YAML (the file may hold the recipe at top level or under ``retrain:``) plus ``--set`` pairs."""
-    from orchestrator.search.config import apply_overrides
+    from orchestrator.search.config import apply_overrides, read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a retrain recipe must be a mapping")
     data = data.get("retrain", data)

@@ -252,13 +252,19 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return _build(SearchConfig, apply_overrides(data, overrides))
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (an empty file is ``{}``); ``ValueError`` naming the file when it is not YAML."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
     """Read a YAML preset, apply ``--set`` overrides and validate; ``ValueError`` names the bad key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path)
     try:
         return config_from_dict(data, overrides)
     except ValueError as e:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from orchestrator.retrain import RetrainRecipe
 
@@ -212,13 +211,10 @@ def _resolve_path(p: str, base_dir: Path) -> str:
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep YAML, apply ``--set key=value`` overrides, validate; ``ValueError`` names the bad key."""
-    from orchestrator.search.config import apply_overrides
+    from orchestrator.search.config import apply_overrides, read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path)
     try:
         return sweep_from_dict(apply_overrides(data, list(overrides)) if isinstance(data, dict) else data,
                                path.resolve().parent)
