@@ -23,6 +23,19 @@ def check_storage(uri: str) -> str:
     return loc.uri
 
 
+def check_worker_shape(num_workers: int, cpus_per_worker: float, workers_key: str = "num_workers") -> None:
+    """The worker count and CPUs per worker of a Train run (search, retrain, sweep trial) make sense."""
+    if num_workers < 1:
+        raise ValueError(f"{workers_key}: must be at least 1, got {num_workers}")
+    if cpus_per_worker <= 0:
+        raise ValueError(f"cpus_per_worker: must be positive, got {cpus_per_worker}")
+
+
+def per_worker_resources(cpus_per_worker: float, use_gpu: bool) -> dict[str, float]:
+    """What each Train worker asks Ray for."""
+    return {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+
+
 def check_resources(num_workers: int, per_worker: dict[str, float], allow_autoscale: bool = False) -> None:
     """Refuse a run whose workers cannot all be placed on the running cluster (Ray Train would retry forever)."""
     import ray

@@ -53,10 +53,9 @@ class RunSpec:
     warmup_only: bool = False  # stop at the end of warm-up: the run that produces a sweep's shared warm-up
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers: must be at least 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        from orchestrator.cluster_checks import check_worker_shape
+
+        check_worker_shape(self.num_workers, self.cpus_per_worker)
         if self.max_failures < 0:
             raise ValueError(f"max_failures: must be 0 or more, got {self.max_failures}")
         if self.consistency_every < 1:
@@ -274,7 +273,7 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     import ray
 
     from orchestrator import tracking
-    from orchestrator.cluster_checks import check_resources, check_storage
+    from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
     from orchestrator.search import resolve_latency
 
     resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
@@ -286,7 +285,7 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    per_worker = {"CPU": spec.cpus_per_worker, **({"GPU": 1.0} if spec.use_gpu else {})}
+    per_worker = per_worker_resources(spec.cpus_per_worker, spec.use_gpu)
     check_resources(spec.num_workers, per_worker, spec.allow_autoscale)
 
     from orchestrator.provenance import provenance

@@ -110,10 +110,9 @@ class RetrainSpec:
     tags: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers: must be at least 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        from orchestrator.cluster_checks import check_worker_shape
+
+        check_worker_shape(self.num_workers, self.cpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,7 @@ def run_retrain(arch: str, recipe: RetrainRecipe, spec: RetrainSpec, *, callback
     import ray
     from orchestrator import tracking
     from orchestrator.arch import Arch
-    from orchestrator.cluster_checks import check_resources, check_storage
+    from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
     from orchestrator.distributed import fit_tracked
     from orchestrator.export import export_onnx
     from orchestrator.netconfig import to_net_config
@@ -261,7 +260,7 @@ def run_retrain(arch: str, recipe: RetrainRecipe, spec: RetrainSpec, *, callback
     name = spec.name or f"retrain-{abs(hash(arch)) % 10**8:08d}"
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
-    per_worker = {"CPU": spec.cpus_per_worker, **({"GPU": 1.0} if spec.use_gpu else {})}
+    per_worker = per_worker_resources(spec.cpus_per_worker, spec.use_gpu)
     check_resources(spec.num_workers, per_worker)
     tags = {"nas.kind": "retrain", "nas.arch": arch, "nas.space": a.space, "nas.run_name": name, **dict(spec.tags)}
     run_id = tracking.create_run(uri, spec.experiment, name, tags=tags, parent_run_id=spec.parent_run_id,

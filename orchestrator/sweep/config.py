@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
+from orchestrator.cluster_checks import check_worker_shape
 from orchestrator.retrain import RetrainRecipe
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,7 @@ class SweepConfig:
             raise ValueError("grid: mix of listed targets and distributions; use one kind for every hardware")
         if self.grid[0].sampled and len({g.samples for g in self.grid}) > 1:
             raise ValueError("grid: every distribution needs the same samples count (one Tune sample per hardware)")
-        if self.workers_per_trial < 1:
-            raise ValueError(f"workers_per_trial: must be at least 1, got {self.workers_per_trial}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        check_worker_shape(self.workers_per_trial, self.cpus_per_worker, "workers_per_trial")
         if self.max_concurrent_trials < 1:
             raise ValueError(f"max_concurrent_trials: must be at least 1, got {self.max_concurrent_trials}")
         if len(set(self.seeds)) != len(self.seeds):
