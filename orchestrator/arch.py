@@ -5,9 +5,12 @@ Grammar (one token per searchable block; stages separated by ``/``; optional wid
     op     := "k" KERNEL "e" EXPAND | "zero"              e.g. k5e3, k7e6, zero
     stage  := op ("." op)*
     widths := INT ("," INT)*                              stem, first block, one per stage, head
-    arch   := SPACE ["@" widths] ":" stage ("/" stage)*
+    space  := NAME ["[" variant "]"]                      a registered space, or its task variant
+    variant:= ("c" CLASSES | "r" RESOLUTION | "w" MULT) ("," ...)*
+    arch   := space ["@" widths] ":" stage ("/" stage)*
 
     proxyless-imagenet:k5e3.k3e3.zero.zero/k7e3.k3e3.k5e3.k5e3/...
+    tiny[c3,r64]:k3e3.zero/k5e6.zero                      the tiny space for a 3-class task at 64 px
 
 The same op tokens name candidate ops, latency-table keys and MLflow tags, so a string seen anywhere
 can be pasted back into ``nas arch info``.
@@ -19,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 _OP_RE = re.compile(r"^k(\d+)e(\d+)$")
-_SPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\[[a-z0-9.,]+\])?$")
 
 
 @dataclass(frozen=True, order=True)

@@ -47,6 +47,16 @@ def export_onnx(net: nn.Module, path: str | Path, resolution: int | None = None,
             net.eval(), (torch.zeros(1, cin, res, res),), tmp, input_names=["image"], output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
         )
+        arch = getattr(net, "arch", None)
+        if arch is not None:  # the graph names what it is: the architecture string, its space variant included
+            import onnx
+
+            model = onnx.load(tmp)
+            meta = {"nas.arch": arch.encode(), "nas.space": space.name,
+                    "nas.space_fingerprint": space.fingerprint(), "nas.resolution": str(res)}
+            for k, v in meta.items():
+                model.metadata_props.add(key=k, value=v)
+            onnx.save(model, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -47,7 +47,7 @@ def to_net_config(arch: Arch, space: SearchSpace | None = None) -> dict[str, Any
             spec.in_channels, spec.out_channels, op.kernel, spec.stride, op.expand)
         blocks.append({"name": "MobileInvertedResidualBlock", "mobile_inverted_conv": conv,
                        "shortcut": _identity(spec.in_channels) if spec.has_shortcut else None})
-    return {
+    out = {
         "name": "ProxylessNASNets",
         "bn": {"momentum": space.bn_momentum, "eps": space.bn_eps},
         "first_conv": _conv(space.in_channels, w.stem, 3, 2),
@@ -57,6 +57,9 @@ def to_net_config(arch: Arch, space: SearchSpace | None = None) -> dict[str, Any
                        "ops_order": "weight_bn_act"},
         "blocks": blocks,
     }
+    if space.name != space.base_name:
+        out["space"] = space.name  # a task variant (classes, resolution, width) names itself; published nets do not
+    return out
 
 
 def _get(d: Any, key: str, where: str) -> Any:
@@ -101,6 +104,9 @@ def from_net_config(cfg: Any, space: str | None = None) -> Arch:
     classes = int(_get(cfg["classifier"], "out_features", "classifier"))
     first_out = int(_get(first, "out_channels", "block 0"))
 
+    space = space or cfg.get("space")
+    if space is not None and not isinstance(space, str):
+        raise ValueError(f"malformed net.config: 'space' must be a space name, got {space!r}")
     candidates = [get_space(space)] if space else [get_space(n) for n in space_names()]
     errors = []
     for sp in candidates:

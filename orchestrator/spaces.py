@@ -11,7 +11,8 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 
 from orchestrator.arch import ZERO, Arch, Op, Widths
 
@@ -139,16 +140,57 @@ class SearchSpace:
         return [[(not op.is_zero) or b.zero_ok for op in self.candidates] for b in self.blocks(widths)]
 
     def fingerprint(self) -> str:
-        """A short hash of everything that shapes the supernet; artifacts carry it to be matched later."""
+        """A short hash of everything that shapes the supernet, the task variant included; artifacts carry it."""
         d = asdict(self)
         d.pop("description", None)
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def body_fingerprint(self) -> str:
+        """A short hash of the body alone (input, widths, stages, candidates): what a latency table prices.
+
+        The name, the number of classes and dropout are left out, so a K-class variant of a space shares its
+        body (and its latency table, with its own head cost) with the space it derives from."""
+        d = asdict(self)
+        for k in ("description", "name", "num_classes", "dropout"):
+            d.pop(k, None)
+        d["widths"] = asdict(self.widths())
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fingerprint"] = self.fingerprint()
+        d["body_fingerprint"] = self.body_fingerprint()
         return d
+
+    # ---- task variants ----------------------------------------------------------------------------------------
+    @property
+    def base_name(self) -> str:
+        """The registered space this one derives from (itself for a registered space)."""
+        return self.name.split("[", 1)[0]
+
+    def variant(self, num_classes: int | None = None, resolution: int | None = None,
+                width_mult: float | None = None) -> "SearchSpace":
+        """This space instantiated for a task: its number of classes, input resolution and width multiplier.
+
+        The variant is named ``BASE[c<classes>,r<resolution>,w<mult>]`` with only the values that differ from
+        the registered base, so the name alone rebuilds it (``get_space``) and architecture strings carry it."""
+        base = get_space(self.base_name)
+        c = self.num_classes if num_classes is None else num_classes
+        r = self.resolution if resolution is None else resolution
+        w = self.width_mult if width_mult is None else float(width_mult)
+        if isinstance(c, bool) or not isinstance(c, int) or c < 2:
+            raise ValueError(f"num_classes: must be an integer of at least 2, got {c!r}")
+        if isinstance(r, bool) or not isinstance(r, int) or not 8 <= r <= 4096:
+            raise ValueError(f"resolution: must be an integer in [8, 4096], got {r!r}")
+        if not (isinstance(w, float) and math.isfinite(w) and 0.1 <= w <= 4.0):
+            raise ValueError(f"width_mult: must be a number in [0.1, 4], got {w!r}")
+        tokens = [f"c{c}"] if c != base.num_classes else []
+        tokens += [f"r{r}"] if r != base.resolution else []
+        tokens += [f"w{w:g}"] if w != base.width_mult else []
+        name = f"{base.name}[{','.join(tokens)}]" if tokens else base.name
+        return replace(base, name=name, num_classes=c, resolution=r, width_mult=w)
 
     # ---- architectures ----------------------------------------------------------------------------------------
     def validate(self, arch: Arch) -> Arch:
@@ -210,11 +252,33 @@ def register_space(space: SearchSpace) -> SearchSpace:
     return space
 
 
+_VARIANT_RE = re.compile(r"^([a-z0-9][a-z0-9_-]*)\[([^\]]*)\]$")
+_VARIANT_TOKEN = {"c": ("num_classes", int), "r": ("resolution", int), "w": ("width_mult", float)}
+
+
 def get_space(name: str) -> SearchSpace:
-    try:
+    """A registered space, or a task variant of one named ``BASE[c10,r64,w1.4]`` (see ``SearchSpace.variant``)."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown search space {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+    m = _VARIANT_RE.match(name)
+    if m is None or m.group(1) not in _REGISTRY:
+        base = m.group(1) if m else name
+        raise ValueError(f"unknown search space {base!r} (known: {', '.join(sorted(_REGISTRY))})")
+    kwargs: dict = {}
+    for token in m.group(2).split(","):
+        key = _VARIANT_TOKEN.get(token[:1])
+        try:
+            value = key[1](token[1:]) if key else None
+        except ValueError:
+            value = None
+        if key is None or value is None or key[0] in kwargs:
+            raise ValueError(f"space {name!r}: bad variant token {token!r} (expected c<classes>, r<resolution>, "
+                             f"w<width multiplier>, each at most once, e.g. {m.group(1)}[c100,r160])")
+        kwargs[key[0]] = value
+    space = _REGISTRY[m.group(1)].variant(**kwargs)
+    if space.name != name:
+        raise ValueError(f"space {name!r} is not in canonical form: write {space.name!r}")
+    return space
 
 
 def space_names() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -89,3 +90,35 @@ def test_bad_architectures_are_refused_with_the_reason(text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         arch = Arch.parse(text)
         get_space(arch.space).validate(arch)
+
+
+def test_task_variants_name_themselves_and_round_trip():
+    base = get_space("tiny")
+    v = base.variant(num_classes=3, resolution=64)
+    assert v.name == "tiny[c3,r64]" and v.num_classes == 3 and v.resolution == 64
+    assert get_space(v.name) == v and v.base_name == "tiny"
+    assert base.variant() is not None and base.variant().name == "tiny"  # no change: the base itself
+    assert get_space("proxyless-imagenet[w1.4]").width_mult == 1.4
+    # the variant is part of the space fingerprint, but not of the body's when only the classes differ
+    assert v.fingerprint() != base.fingerprint()
+    c3 = base.variant(num_classes=3)
+    assert c3.body_fingerprint() == base.body_fingerprint() and c3.fingerprint() != base.fingerprint()
+    assert v.body_fingerprint() != base.body_fingerprint()  # another resolution is another body
+    arch = v.random_arch(random.Random(0))
+    text = arch.encode()
+    assert text.startswith("tiny[c3,r64]:") and Arch.parse(text) == arch and Arch.parse(text).encode() == text
+    assert get_space(Arch.parse(text).space).validate(arch) == arch
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("tiny[c1]", "num_classes: must be an integer of at least 2"),
+    ("tiny[r4]", "resolution: must be an integer in [8, 4096]"),
+    ("tiny[x3]", "bad variant token 'x3'"),
+    ("tiny[c3,c4]", "bad variant token 'c4'"),
+    ("tiny[r64,c3]", "not in canonical form: write 'tiny[c3,r64]'"),
+    ("tiny[c10]", "not in canonical form: write 'tiny'"),
+    ("nope[c3]", "unknown search space 'nope'"),
+])
+def test_bad_variants_are_refused(name, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        get_space(name)

@@ -151,3 +151,23 @@ def test_onnx_export_matches_pytorch(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"image": x.numpy()})
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_task_variant_names_itself_in_net_config_and_onnx(tmp_path):
+    import json
+
+    import onnx
+
+    from orchestrator.netconfig import load_arch
+
+    space = get_space("tiny").variant(num_classes=3, resolution=24)
+    arch = space.random_arch(random.Random(5))
+    cfg = to_net_config(arch)
+    assert cfg["space"] == "tiny[c3,r24]" and cfg["classifier"]["out_features"] == 3
+    (tmp_path / "net.config").write_text(json.dumps(cfg))
+    assert load_arch(str(tmp_path / "net.config")) == arch  # the variant comes back from the file alone
+    net = build_net(arch)
+    assert net.head.classifier.out_features == 3
+    export_onnx(net, tmp_path / "net.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "net.onnx")).metadata_props}
+    assert meta["nas.arch"] == arch.encode() and meta["nas.space"] == "tiny[c3,r24]" and meta["nas.resolution"] == "24"
