@@ -106,13 +106,55 @@ def check_consistency(fingerprint: str, step: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- the workers
-def load_state_uri(uri: str) -> dict:
-    """A search state saved by a checkpoint (``.../search_state.pt``), from a local path or ``s3://``."""
-    import io
+def report_checkpoint(metrics: dict, files: dict[str, Any] | None) -> None:
+    """Report a checkpoint (rank 0 passes its files: ``.pt`` names get ``torch.save``, others JSON; the other
+    ranks pass None), then wait until Ray Train's controller has registered it.
 
+    ``ray.train.report`` only queues the result on the worker; the controller registers the checkpoint when it
+    next polls the workers. A worker that dies before that poll (a kill soon after a report) used to make the
+    restarted group start from an older checkpoint or from none. ``get_all_reported_checkpoints(COMMITTED)``
+    blocks every rank until the controller has processed this report, so a reported checkpoint is the one a
+    restart resumes from."""
+    import ray.train
+    from ray.train import CheckpointConsistencyMode
+
+    if files is None:
+        ray.train.report(metrics, checkpoint=None)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            for fname, content in files.items():
+                if fname.endswith(".pt"):
+                    torch.save(content, Path(d) / fname)
+                else:
+                    (Path(d) / fname).write_text(json.dumps(content))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+
+
+FAULT_MARKER = "fault-injected.json"
+
+
+def inject_fault_once(run_dir: str, rank: int, step: int) -> None:
+    """Fault injection for tests: SIGKILL this worker, at most once per run. The marker is written to the run's
+    storage (shared by every node) before the kill, so a restarted worker group never fires again, whether or
+    not it found a checkpoint."""
+    from orchestrator import storage as st
+
+    loc = st.resolve(run_dir)
+    if st.exists(loc, FAULT_MARKER):
+        return
+    st.publish_bytes(loc, FAULT_MARKER, json.dumps({"rank": rank, "step": step}).encode())
+    log.warning("fault injection: rank %d kills itself at step %d", rank, step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load_state_uri(uri: str) -> dict:
+    """A search state saved by a checkpoint (``.../search_state.pt``), from a local path or ``s3://``; loaded
+    with ``weights_only=True``, so a tampered file is refused and its payload never runs."""
+    from orchestrator.state_io import load_state
     from orchestrator.storage import read_uri
 
-    return torch.load(io.BytesIO(read_uri(uri)), map_location="cpu", weights_only=False)
+    return load_state(read_uri(uri), "search state", name=uri)
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -122,6 +164,7 @@ def train_loop_per_worker(config: dict) -> dict:
     from orchestrator.search import load_data, resolve_latency, run_search
     from orchestrator.search.config import config_from_dict
     from orchestrator.search.state import alpha_fingerprint, state_dict
+    from orchestrator.state_io import load_state
     from orchestrator import tracking
 
     torch.set_num_threads(max(1, int(config["threads"])))
@@ -135,7 +178,7 @@ def train_loop_per_worker(config: dict) -> dict:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            resume = load_state(Path(d) / CHECKPOINT_FILE, "checkpoint")
         log.info("rank %d resumes at step %d", rank, resume["step"])
     restored = resume is not None
     warm = None
@@ -155,21 +198,16 @@ def train_loop_per_worker(config: dict) -> dict:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             tracking.log_metrics(uri, run_id, metrics, step=state.step)
         fail = spec.inject_failure_at_step
-        if fail is not None and not restored and rank == min(1, world - 1) and state.step >= fail:
-            log.warning("fault injection: rank %d kills itself at step %d", rank, state.step)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if fail is not None and rank == min(1, world - 1) and state.step >= fail:
+            inject_fault_once(config["run_dir"], rank, state.step)
 
     def checkpoint(state) -> None:
         fps = consistent(state)
         metrics = {"step": state.step, "arch_step": state.arch_step, "alpha_fingerprints": fps,
                    "restored": restored, "world_size": world}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(state_dict(state), Path(d) / CHECKPOINT_FILE)
-                (Path(d) / "alpha_fingerprints.json").write_text(json.dumps({"step": state.step, "ranks": fps}))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        files = {CHECKPOINT_FILE: state_dict(state),
+                 "alpha_fingerprints.json": {"step": state.step, "ranks": fps}} if rank == 0 else None
+        report_checkpoint(metrics, files)
 
     data = load_data(cfg)
     spe = len(data.train) // cfg.weight.batch_size
@@ -234,6 +272,21 @@ def check_existing_run(storage: str, name: str, cfg: SearchConfig) -> None:
                          f"{', '.join(diff)}); refusing to resume it: choose another --name")
 
 
+def failure_line(e: BaseException) -> str:
+    """One line that names why a Train run failed: the first failing worker's own exception when there is one
+    (Ray wraps it in a ``WorkerGroupError`` and a ``RayTaskError``), else the error's first line."""
+    failures = getattr(e, "worker_failures", None)
+    if failures:
+        e = failures[min(failures)]
+    while getattr(e, "cause", None) is not None and e.cause is not e:  # RayTaskError -> the user's exception
+        e = e.cause
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if not isinstance(e, (ValueError, OSError)) else lines[0]
+
+
 def fit_tracked(what: str, name: str, loop: Any, loop_config: dict, *, num_workers: int, use_gpu: bool,
                 per_worker: dict, storage: str, max_failures: int, keep: int, callbacks: Sequence[Any],
                 uri: str, run_id: str) -> tuple[Any, float]:
@@ -259,7 +312,7 @@ def fit_tracked(what: str, name: str, loop: Any, loop_config: dict, *, num_worke
         result = trainer.fit()
     except Exception as e:
         tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"{what} {name!r} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise RuntimeError(f"{what} {name!r} failed: {failure_line(e)}") from e
     if result.return_value is None:
         tracking.end_run(uri, run_id, "FAILED")
         raise RuntimeError(f"{what} {name!r} returned no result")
@@ -302,7 +355,7 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     result, wall = fit_tracked(
         "search", name, train_loop_per_worker,
         {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
-         "threads": max(1, int(spec.cpus_per_worker))},
+         "threads": max(1, int(spec.cpus_per_worker)), "run_dir": f"{storage}/{name}"},
         num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
         max_failures=spec.max_failures, keep=2, callbacks=callbacks, uri=uri, run_id=run_id)
     out = result.return_value

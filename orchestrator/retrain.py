@@ -205,7 +205,8 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray.train
 
     from orchestrator import tracking
-    from orchestrator.distributed import allreduce_mean
+    from orchestrator.distributed import allreduce_mean, report_checkpoint
+    from orchestrator.state_io import load_state
 
     torch.set_num_threads(max(1, int(config["threads"])))
     recipe = RetrainRecipe(**config["recipe"])
@@ -215,16 +216,12 @@ def train_loop_per_worker(config: dict) -> dict:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            resume = load_state(Path(d) / CHECKPOINT_FILE, "retrain checkpoint")
 
     def on_epoch(state: dict, row: dict) -> None:
         if rank == 0:
             tracking.log_metrics(config["tracking_uri"], config["run_id"], row, step=row["epoch"])
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d) / CHECKPOINT_FILE)
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(row, checkpoint=None)
+        report_checkpoint(row, {CHECKPOINT_FILE: state} if rank == 0 else None)
 
     net, history = train_net(config["arch"], recipe, shard=(rank, world), sync=allreduce_mean, on_epoch=on_epoch,
                              resume=resume)

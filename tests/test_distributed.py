@@ -100,6 +100,9 @@ def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path):
     res = run_distributed_search(cfg, spec)
     assert res.search["restored"] is True  # the final worker group started from a checkpoint
     assert res.search["resumed_from_step"] == 40  # the last checkpoint before the kill at step 60
+    # the fault fired exactly once: its marker in the run's storage names the first kill
+    marker = json.loads((tmp_path / "runs" / "killed" / "fault-injected.json").read_text())
+    assert marker == {"rank": 1, "step": 60}
     # resuming replays exactly: the same α bits and architecture as the uninterrupted search
     assert res.search["alpha_fingerprint"] == baseline["alpha_fingerprint"]
     assert res.search["arch"] == baseline["arch"]
@@ -130,3 +133,20 @@ def test_unreachable_storage_or_tracking_fail_before_training(s3_server, tmp_pat
                    "--tracking-uri", "http://127.0.0.1:9", env=env)
     assert_one_line_error(proc, "MLflow tracking server http://127.0.0.1:9 is unreachable")
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_server, tmp_path):
+    """Ray Train hands the workers the run's latest checkpoint; a payload planted there never runs."""
+    from tests.test_safe_loading import _tampered
+
+    res, bucket, tracking = s3_search
+    key = res.checkpoint_path.split(f"{bucket}/", 1)[1] + "/search_state.pt"
+    sentinel = tmp_path / "sentinel"
+    s3_server.client().put_object(Bucket=bucket, Key=key,
+                                  Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
+    spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
+                   experiment="dist-test", consistency_every=5, max_failures=0)
+    with pytest.raises(RuntimeError, match="refused") as err:
+        run_distributed_search(load_config(TINY, OVERRIDES), spec)
+    assert "\n" not in str(err.value)
+    assert not sentinel.exists()

@@ -218,12 +218,13 @@ def load_data(cfg: SearchConfig) -> Any:
 def save_checkpoint(state: SearchState, path: str | Path) -> None:
     """Write ``state_dict(state)`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
     from orchestrator.search.state import state_dict
+    from orchestrator.state_io import save_state
 
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state_dict(state), tmp)
-    tmp.replace(path)
+    save_state(state_dict(state), path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """A saved search state; a file holding anything but tensors and plain containers is refused, unexecuted."""
+    from orchestrator.state_io import load_state
+
+    return load_state(path, "checkpoint")
