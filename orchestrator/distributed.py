@@ -63,46 +63,28 @@ class RunSpec:
 
 
 def default_run_name(cfg: SearchConfig) -> str:
-    return f"search-{cfg.space}-{cfg.hardware}-t{cfg.target:g}-s{cfg.seed}"
+    """A folder-safe name from the space (its variant too), hardware, target and seed."""
+    import re
+
+    space = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.search_space.name).strip("-")
+    return f"search-{space}-{cfg.hardware}-t{cfg.target:g}-s{cfg.seed}"
 
 
-# ---------------------------------------------------------------------------------------------------- collectives
-def allreduce_mean(tensors: list[torch.Tensor]) -> None:
-    """Average tensors in place across ranks, in one flat buffer (same order on every rank, since paths agree)."""
-    import torch.distributed as dist
-
-    if not tensors or not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-
-
-def gather_strings(value: str) -> list[str]:
-    """Every rank's ``value``, in rank order (a small all-gather; cheap enough to run every few steps)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [value]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return [str(f) for f in out]
-
-
+# ---------------------------------------------------------------------------------------------------- consistency
 class RanksDiverged(RuntimeError):
-    """α differs between ranks: the search is no longer one search. Never retried silently."""
+    """Ranks no longer run one search (α or the sampled paths differ). Never retried silently."""
 
 
-def check_consistency(fingerprint: str, step: int) -> list[str]:
-    fps = gather_strings(fingerprint)
-    if len(set(fps)) != 1:
-        raise RanksDiverged(f"architecture parameters diverged across ranks at step {step}: {fps}")
-    return fps
+def check_consistency(comm, alpha_fp: str, path_fp: str, step: int) -> list[str]:
+    """Gather every rank's α and path fingerprints; raise ``RanksDiverged`` naming the ranks that differ."""
+    got = comm.gather((alpha_fp, path_fp))
+    for what, i in (("architecture parameters", 0), ("sampled paths", 1)):
+        values = [g[i] for g in got]
+        if len(set(values)) != 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            raise RanksDiverged(f"{what} diverged across ranks at step {step}: rank(s) {odd} differ from rank 0 "
+                                f"({values[0][:12]} vs {values[odd[0]][:12]})")
+    return [g[0] for g in got]
 
 
 # ---------------------------------------------------------------------------------------------------- the workers
@@ -157,66 +139,88 @@ def load_state_uri(uri: str) -> dict:
     return load_state(read_uri(uri), "search state", name=uri)
 
 
-def train_loop_per_worker(config: dict) -> dict:
-    """Runs on every Train worker: restore or start, search with all-reduced gradients, report checkpoints."""
+def worker_runtime(use_gpu: bool, precision: str, channels_last: bool, threads: int):
+    """The runtime of this Train worker: its device (the GPU Ray assigned it, or the CPU), precision and the
+    process group Ray Train initialised (gloo on CPUs, NCCL on GPUs)."""
+    from orchestrator.train.runtime import DistComm, Precision, Runtime
+
+    torch.set_num_threads(max(1, threads))
+    if use_gpu:
+        from ray.train.torch import get_device
+
+        device = get_device()
+    else:
+        device = torch.device("cpu")
+    return Runtime(device=device, precision=Precision(precision, channels_last), comm=DistComm())
+
+
+def restored_state(file: str, what: str) -> dict | None:
+    """The state in this run's latest reported checkpoint (``weights_only``), or None on a fresh start."""
     import ray.train
 
-    from orchestrator.search import load_data, resolve_latency, run_search
-    from orchestrator.search.config import config_from_dict
-    from orchestrator.search.state import alpha_fingerprint, state_dict
     from orchestrator.state_io import load_state
-    from orchestrator import tracking
 
-    torch.set_num_threads(max(1, int(config["threads"])))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return load_state(Path(d) / file, what)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Runs on every Train worker: restore or start, search on this rank's device with averaged gradients,
+    check that ranks agree, report checkpoints."""
+    import ray.train
+
+    from orchestrator import tracking
+    from orchestrator.search import resolve_latency, run_search
+    from orchestrator.search.config import config_from_dict
+    from orchestrator.search.state import alpha_fingerprint, path_fingerprint, state_dict
+
     cfg = config_from_dict(config["search"])
     spec = RunSpec(**{**config["spec"], "tags": tuple(map(tuple, config["spec"]["tags"]))})
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rt = worker_runtime(spec.use_gpu, cfg.precision, cfg.channels_last, int(config["threads"]))
+    rank, world = rt.rank, rt.world
     run_id, uri = config["run_id"], config["tracking_uri"]
 
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_state(Path(d) / CHECKPOINT_FILE, "checkpoint")
+    resume = restored_state(CHECKPOINT_FILE, "checkpoint")
+    if resume is not None:
         log.info("rank %d resumes at step %d", rank, resume["step"])
     restored = resume is not None
-    warm = None
-    if resume is None and spec.warm_start:
-        warm = load_state_uri(spec.warm_start)
+    warm = load_state_uri(spec.warm_start) if resume is None and spec.warm_start else None
     checks: list[tuple[int, list[str]]] = []  # (step, per-rank α fingerprints) of every consistency check
 
     def consistent(state) -> list[str]:
-        fps = check_consistency(alpha_fingerprint(state), state.step)
+        fps = check_consistency(rt.comm, alpha_fingerprint(state), path_fingerprint(state.paths), state.step)
+        state.paths.clear()
         checks.append((state.step, fps))
         return fps
 
-    def on_step(state, row: dict) -> None:
-        if state.step % spec.consistency_every == 0 or state.step == state.total_steps:
+    def after_step(state) -> None:
+        if state.step % spec.consistency_every == 0:
             consistent(state)
-        if rank == 0:
-            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            tracking.log_metrics(uri, run_id, metrics, step=state.step)
         fail = spec.inject_failure_at_step
         if fail is not None and rank == min(1, world - 1) and state.step >= fail:
             inject_fault_once(config["run_dir"], rank, state.step)
 
+    def on_step(state, row: dict) -> None:
+        if rank == 0:
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            tracking.log_metrics(uri, run_id, metrics, step=state.step)
+
     def checkpoint(state) -> None:
         fps = consistent(state)
+        saved = state_dict(state)  # collective: BN statistics averaged, every rank's RNG gathered
         metrics = {"step": state.step, "arch_step": state.arch_step, "alpha_fingerprints": fps,
                    "restored": restored, "world_size": world}
-        files = {CHECKPOINT_FILE: state_dict(state),
-                 "alpha_fingerprints.json": {"step": state.step, "ranks": fps}} if rank == 0 else None
-        report_checkpoint(metrics, files)
+        files = {CHECKPOINT_FILE: saved, "alpha_fingerprints.json": {"step": state.step, "ranks": fps}}
+        report_checkpoint(metrics, files if rank == 0 else None)
 
-    data = load_data(cfg)
-    spe = len(data.train) // cfg.weight.batch_size
-    result = run_search(cfg, data, sync=allreduce_mean, on_step=on_step, checkpoint=checkpoint, resume=resume,
-                        latency=resolve_latency(cfg), shard=(rank, world), warm_start=warm,
-                        stop_at=cfg.warmup_epochs * spe if spec.warmup_only else None)
+    result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint, resume=resume,
+                        latency=resolve_latency(cfg), warm_start=warm, warmup_only=spec.warmup_only)
     out = result.to_dict()
-    out["rank_fingerprints"] = check_consistency(result.alpha_fingerprint, result.steps)
-    out["rank_archs"] = gather_strings(result.arch)
+    out["rank_fingerprints"] = rt.comm.gather(result.alpha_fingerprint)
+    out["rank_archs"] = rt.comm.gather(result.arch)
     out["consistency_checks"] = checks
     out["restored"] = restored
     out["resumed_from_step"] = resume["step"] if restored else None
@@ -242,9 +246,7 @@ class DistributedResult:
 
 
 def _run_meta(cfg: SearchConfig) -> dict:
-    from orchestrator.spaces import get_space
-
-    space = get_space(cfg.space)
+    space = cfg.search_space
     return {"space": space.name, "space_fingerprint": space.fingerprint(), "config": cfg.to_dict()}
 
 
@@ -320,44 +322,40 @@ def fit_tracked(what: str, name: str, loop: Any, loop_config: dict, *, num_worke
 
 
 def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = ()) -> DistributedResult:
-    """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers.
+    """Check everything that can be checked, then run the search on ``spec.num_workers`` Ray Train workers
+    (joining Ray, or starting a private local one, through ``ray_session``).
 
     ``callbacks`` go to the trainer's RunConfig (e.g. ``TuneReportCallback()`` when a Tune trial runs the search)."""
-    import ray
-
     from orchestrator import tracking
     from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
-    from orchestrator.search import resolve_latency
+    from orchestrator.provenance import provenance
+    from orchestrator.ray_session import ray_session
+    from orchestrator.search import open_data, resolve_latency
 
-    resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
+    latency = resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
+    data = open_data(cfg)  # so does data that does not fit the space (its classes), or that is not there
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
     name = spec.name or default_run_name(cfg)
     check_existing_run(storage, name, cfg)
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    space = cfg.search_space
     per_worker = per_worker_resources(spec.cpus_per_worker, spec.use_gpu)
-    check_resources(spec.num_workers, per_worker, spec.allow_autoscale)
-
-    from orchestrator.provenance import provenance
-    from orchestrator.spaces import get_space
-
-    space = get_space(cfg.space)
-    tags = {"nas.kind": "search", "nas.space": cfg.space, "nas.space_fingerprint": space.fingerprint(),
-            "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
-            "nas.storage": f"{storage}/{name}", **dict(spec.tags)}
-    run_id = tracking.create_run(uri, spec.experiment, name,
-                                 params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
-                                         "provenance": provenance()},
-                                 tags=tags, parent_run_id=spec.parent_run_id)
-    result, wall = fit_tracked(
-        "search", name, train_loop_per_worker,
-        {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
-         "threads": max(1, int(spec.cpus_per_worker)), "run_dir": f"{storage}/{name}"},
-        num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
-        max_failures=spec.max_failures, keep=2, callbacks=callbacks, uri=uri, run_id=run_id)
+    with ray_session():
+        check_resources(spec.num_workers, per_worker, spec.allow_autoscale)
+        tags = {"nas.kind": "search", "nas.space": space.name, "nas.space_fingerprint": space.fingerprint(),
+                "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
+                "nas.storage": f"{storage}/{name}", "nas.data": data.where, **dict(spec.tags)}
+        run_id = tracking.create_run(uri, spec.experiment, name,
+                                     params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
+                                             "provenance": provenance(), "latency": latency.provenance},
+                                     tags=tags, parent_run_id=spec.parent_run_id)
+        result, wall = fit_tracked(
+            "search", name, train_loop_per_worker,
+            {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
+             "threads": max(1, int(spec.cpus_per_worker)), "run_dir": f"{storage}/{name}"},
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
+            max_failures=spec.max_failures, keep=2, callbacks=callbacks, uri=uri, run_id=run_id)
     out = result.return_value
     ckpt_path = None
     if result.checkpoint is not None:
@@ -365,11 +363,18 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
         if storage.startswith("s3://") and not ckpt_path.startswith("s3://"):
             ckpt_path = "s3://" + ckpt_path
     worker_seconds = wall * spec.num_workers
-    log_search_result(uri, run_id, out, cost={"worker_seconds": worker_seconds,
-                                              "gpu_seconds": worker_seconds if spec.use_gpu else 0.0,
-                                              "wall_seconds": wall})
+    on_gpu = str(out.get("device", "cpu")).startswith("cuda")  # what the workers really ran on
+    log_search_result(uri, run_id, out, cost=search_cost(out, worker_seconds, wall, on_gpu))
     tracking.end_run(uri, run_id)
     return DistributedResult(out, run_id, uri, storage, name, ckpt_path, worker_seconds, wall)
+
+
+def search_cost(search: dict, worker_seconds: float, wall: float, on_gpu: bool) -> dict[str, float]:
+    """A search's cost record: worker-seconds of the whole Train run (start-up included), GPU-seconds only when the
+    workers ran on GPUs, and rank 0's seconds per phase, each timed directly (``SearchResult.seconds``)."""
+    phases = {f"{k}_seconds": float(v) for k, v in search.get("seconds", {}).items()}
+    return {"worker_seconds": worker_seconds, "gpu_seconds": worker_seconds if on_gpu else 0.0,
+            "wall_seconds": wall, **phases}
 
 
 def alpha_table_csv(search: dict) -> str:

@@ -33,7 +33,7 @@ def provenance() -> dict:
 
     return {
         "orchestrator": _version("orchestrator"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
         "ray": _version("ray"),
         "mlflow": _version("mlflow"),

@@ -1,26 +1,29 @@
-"""Retraining a derived architecture from scratch on Ray Train, with a standard recipe, reporting top-1 accuracy.
+"""Retraining a derived architecture from scratch, on the same data the search ran on, reporting top-1 accuracy.
 
 A searched architecture is judged by training it alone (its supernet weights are shared and biased), so every
-point of a sweep's Pareto front is a retrained net. Data-parallel as the search: every rank draws the same
-global batch order from the seed, takes its slice ``rank::world`` and all-reduces the gradients, so the update
-equals the global batch's. Rank 0 logs the curves; the driver logs the ONNX, net.config and result.
+point of a sweep's Pareto front is a retrained net. Retraining runs on the search's training core
+(``train.core``: device, precision, one SGD step, distributed evaluation, per-rank state) and data pipeline
+(``data.source``/``data.feed``): in one process (``nas retrain``), or data-parallel on Ray Train
+(``nas retrain --workers N``), where every rank reads its share of each global batch and gradients are averaged.
+It trains on the weight-training and held-out images of the data spec and validates on its validation split.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-import math
-import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from orchestrator.config import load, to_dict
+from orchestrator.data.source import DataSpec, Splits, open_splits
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +31,22 @@ CHECKPOINT_FILE = "retrain_state.pt"
 
 
 @dataclass(frozen=True)
-class RetrainRecipe:
-    """The standard recipe: SGD with Nesterov momentum, a cosine schedule to 0, label smoothing."""
+class RetrainConfig:
+    """How a net is retrained: SGD with (Nesterov) momentum, a cosine schedule to 0, label smoothing, and the
+    data (the same ``data:`` section as a search's)."""
 
     epochs: int = 5
-    lr: float = 0.1
+    lr: float = 0.1  # at batch_size; the official ImageNet recipe: 0.05 at 256
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 4e-5
+    no_decay_bn: bool = True  # BN weights without weight decay (official retraining: no_decay_keys='bn')
     label_smoothing: float = 0.1
-    batch_size: int = 64
-    seed: int = 0
-    data_seed: int = 0  # the digits split; the search's held-out part is trained on, its validation part is not
-    valid_fraction: float = 0.2
+    batch_size: int = 64  # the global batch, split evenly among the ranks
+    seed: int = 0  # the net's initialisation
+    precision: str = "fp32"  # fp32 | bf16 autocast
+    channels_last: bool = False
+    data: DataSpec = field(default_factory=DataSpec)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -56,47 +62,210 @@ class RetrainRecipe:
             raise ValueError(f"retrain.weight_decay: must be non-negative, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"retrain.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if not 0 < self.valid_fraction < 1:
-            raise ValueError(f"retrain.valid_fraction: must be in (0, 1), got {self.valid_fraction}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"retrain.precision: must be fp32 or bf16, got {self.precision!r}")
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "RetrainRecipe":
-        data = dict(data or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"retrain.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-        for k, v in data.items():
-            want = names[k].type
-            if want == "bool" and not isinstance(v, bool):
-                raise ValueError(f"retrain.{k}: expected true or false, got {v!r}")
-            if want == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-                raise ValueError(f"retrain.{k}: expected an integer, got {v!r}")
-            if want == "float":
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValueError(f"retrain.{k}: expected a number, got {v!r}")
-                data[k] = float(v)
-        return cls(**data)
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def replace(self, **changes: Any) -> "RetrainConfig":
+        return dataclasses.replace(self, **changes)
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RetrainRecipe:
-    """A recipe from YAML (the file may hold the recipe at top level or under ``retrain:``) plus ``--set`` pairs."""
-    from orchestrator.search.config import apply_overrides, read_yaml
+def retrain_config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> RetrainConfig:
+    """A retrain config from a mapping (``retrain.<key>`` named in errors)."""
+    from orchestrator.config import apply_overrides, build
 
-    path = Path(path)
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a retrain recipe must be a mapping")
-    data = data.get("retrain", data)
     try:
-        return RetrainRecipe.from_dict(apply_overrides(data, list(overrides)))
+        return build(RetrainConfig, apply_overrides(dict(data or {}), list(overrides)))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        msg = str(e)
+        raise ValueError(msg if msg.startswith("retrain.") else f"retrain.{msg}") from None
 
 
+def load_retrain_config(path: str | Path, overrides: Sequence[str] = ()) -> RetrainConfig:
+    """A retrain config from YAML (at top level or under ``retrain:``) plus ``--set`` pairs."""
+    try:
+        return load(RetrainConfig, path, overrides, section="retrain")
+    except ValueError as e:
+        head, _, rest = str(e).partition(": ")
+        msg = rest if rest.startswith("retrain.") else f"retrain.{rest}"
+        raise ValueError(f"{head}: {msg}") from None
+
+
+def retrain_data(arch_space, cfg: RetrainConfig) -> Splits:
+    """The splits a net of ``arch_space`` retrains on; a net whose classes (or nothing of) the data fits is
+    refused here, before any compute (an ImageNet net on the digits, say)."""
+    return open_splits(cfg.data, arch_space.resolution, arch_space.num_classes, "retrain",
+                       f"the net's space {arch_space.name!r}")
+
+
+# ---------------------------------------------------------------------------------------------- the training
+@dataclass
+class RetrainState:
+    net: torch.nn.Module
+    trainer: Any
+    steps_per_epoch: int
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    seconds: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
+
+
+def retrain_state_dict(state: RetrainState, cfg: RetrainConfig, arch: str) -> dict:
+    """Everything to continue exactly (loads with ``weights_only=True``); collective across ranks."""
+    from orchestrator.arch import Arch
+    from orchestrator.provenance import provenance
+    from orchestrator.search.state import _cpu
+    from orchestrator.spaces import get_space
+    from orchestrator.train.core import CHECKPOINT_VERSION
+    from orchestrator.train.runtime import average_bn_stats, rng_state
+
+    rt = state.trainer.rt
+    average_bn_stats(state.net, rt.comm)
+    rngs = rt.comm.gather(_cpu(rng_state(rt.device)))
+    space = get_space(Arch.parse(arch).space)
+    return {"version": CHECKPOINT_VERSION, "kind": "retrain", "config": cfg.to_dict(), "arch": arch,
+            "space": space.name, "space_fingerprint": space.fingerprint(), "steps_per_epoch": state.steps_per_epoch,
+            "world_size": rt.world, "net": _cpu(state.net.state_dict()), "opt": _cpu(state.trainer.opt.state_dict()),
+            "step": state.step, "history": [dict(h) for h in state.history], "seconds": dict(state.seconds),
+            "rng": rngs, "provenance": provenance()}
+
+
+def _load_retrain_state(state: RetrainState, saved: dict, cfg: RetrainConfig, arch: str) -> None:
+    from orchestrator.search.state import _config_diff
+    from orchestrator.train.core import CHECKPOINT_VERSION
+    from orchestrator.train.runtime import set_rng_state
+
+    if saved.get("version") != CHECKPOINT_VERSION or saved.get("kind") != "retrain":
+        raise ValueError(f"checkpoint is not a retrain state of format {CHECKPOINT_VERSION}")
+    if saved["arch"] != arch:
+        raise ValueError(f"checkpoint is of architecture {saved['arch']}, not {arch}")
+    diff = _config_diff(cfg.to_dict(), saved["config"])
+    if diff:
+        raise ValueError(f"checkpoint was written with another retrain config (differs in {', '.join(diff)})")
+    if saved["steps_per_epoch"] != state.steps_per_epoch:
+        raise ValueError(f"checkpoint has {saved['steps_per_epoch']} steps per epoch, data and workers give "
+                         f"{state.steps_per_epoch}")
+    rt = state.trainer.rt
+    state.net.load_state_dict(saved["net"])
+    state.trainer.opt.load_state_dict(saved["opt"])
+    state.step, state.history = saved["step"], [dict(h) for h in saved["history"]]
+    state.seconds = dict(saved["seconds"])
+    if len(saved["rng"]) == rt.world:
+        set_rng_state(saved["rng"][rt.rank], rt.device)
+
+
+def train_net(arch: str, cfg: RetrainConfig, *, rt=None, data: Splits | None = None,
+              on_epoch: Callable[[RetrainState, dict], None] | None = None, resume: dict | None = None,
+              progress: bool = False) -> tuple[torch.nn.Module, RetrainState]:
+    """Train ``arch`` from scratch with ``cfg`` on this rank of ``rt``; ``on_epoch(state, row)`` after each epoch's
+    evaluation. The net's initialisation and every batch are functions of the seeds only, so every rank builds the
+    same net, and resuming from ``resume`` (a ``retrain_state_dict``) continues exactly."""
+    from tqdm.auto import tqdm
+
+    from orchestrator.network import build_net
+    from orchestrator.search.driver import local_batch
+    from orchestrator.train.core import Trainer, cosine_lr, evaluate, metrics_window, read_window, sgd
+    from orchestrator.train.runtime import Precision, Runtime, average_bn_stats
+
+    rt = rt or Runtime(precision=Precision(cfg.precision, cfg.channels_last))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_net(arch)
+    data = data or retrain_data(net.space, cfg)
+    net = rt.module(net)
+    trainer = Trainer(net, sgd(net, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.no_decay_bn), rt,
+                      cfg.label_smoothing)
+    bs = local_batch(cfg.batch_size, rt.world, "batch_size")
+    train = cfg.data.feed(data.train, batch_size=bs, rank=rt.rank, world=rt.world, stream="retrain",
+                          pin_memory=rt.on_gpu)
+    valid = cfg.data.feed(data.valid, batch_size=bs, rank=rt.rank, world=rt.world, shuffle=False, stream="valid",
+                          pin_memory=rt.on_gpu)
+    spe = train.batches_per_epoch
+    if spe < 1:
+        raise ValueError(f"batch_size: {cfg.batch_size} is more than the {len(data.train)} training images on "
+                         f"{rt.world} worker(s)")
+    state = RetrainState(net, trainer, spe)
+    if resume is not None:
+        _load_retrain_state(state, resume, cfg, arch)
+    total = cfg.epochs * spe
+    stream = train.stream(state.step)
+    bar = tqdm(total=total, initial=state.step, disable=not progress, desc="retrain", unit="step")
+    window: dict = {}
+    t0 = time.perf_counter()
+    while state.step < total:
+        x, y = rt.batch(*next(stream))
+        metrics_window(window, trainer.step(x, y, cosine_lr(cfg.lr, state.step, total)))
+        state.step += 1
+        bar.update(1)
+        if state.step % spe == 0:
+            state.seconds["train"] += _lap(rt, t0)
+            t0 = time.perf_counter()
+            average_bn_stats(net, rt.comm)
+            correct, n = evaluate(net, valid.epoch(0), rt)
+            state.seconds["eval"] += _lap(rt, t0)
+            row = {"epoch": state.step // spe, "train_loss": read_window(window).get("loss", float("nan")),
+                   "val_accuracy": correct / max(1, n), "val_images": n,
+                   "lr": cosine_lr(cfg.lr, state.step, total)}
+            window = {}
+            state.history.append(row)
+            bar.set_postfix(val=f"{row['val_accuracy']:.3f}")
+            if on_epoch is not None:
+                on_epoch(state, row)
+            t0 = time.perf_counter()
+    bar.close()
+    return net, state
+
+
+def _lap(rt, t0: float) -> float:
+    if rt.on_gpu:
+        torch.cuda.synchronize(rt.device)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------- one process
+@dataclass(frozen=True)
+class RetrainResult:
+    arch: str
+    val_accuracy: float
+    val_images: int
+    epochs: int
+    device: str
+    run_id: str | None
+    tracking_uri: str | None
+    worker_seconds: float
+    gpu_seconds: float
+    wall_seconds: float
+    onnx_path: str | None  # a local copy (also an artifact of the run)
+    history: tuple[dict, ...] = ()
+
+
+def retrain_here(arch: str, cfg: RetrainConfig, out_dir: str | Path, rt=None, progress: bool = False) -> RetrainResult:
+    """Retrain in this process (``nas retrain`` without ``--workers``) and write ``retrain.json``, the weights
+    (``net.pt``, a plain state dict) and ``net.onnx`` to ``out_dir``, each atomically."""
+    from orchestrator.export import atomic_write_bytes, export_onnx
+    from orchestrator.state_io import state_bytes
+
+    out = Path(out_dir)
+    t0 = time.time()
+    net, state = train_net(arch, cfg, rt=rt, progress=progress)
+    wall = time.time() - t0
+    last = state.history[-1]
+    device = str(state.trainer.rt.device)
+    result = RetrainResult(arch, last["val_accuracy"], last["val_images"], cfg.epochs, device, None, None, wall,
+                           wall if device.startswith("cuda") else 0.0, wall, str(out / "net.onnx"),
+                           tuple(state.history))
+    export_onnx(net.to("cpu").float(), out / "net.onnx")
+    atomic_write_bytes(out / "net.pt", state_bytes({k: v.detach().cpu() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(out / "retrain.json", json.dumps({**asdict(result), "config": cfg.to_dict(),
+                                                         "seconds": state.seconds}, indent=1).encode())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- on Ray Train
 @dataclass(frozen=True)
 class RetrainSpec:
-    """Where a retrain runs and is recorded (the recipe says how it trains)."""
+    """Where a retrain runs and is recorded (the config says how it trains)."""
 
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -108,6 +277,7 @@ class RetrainSpec:
     experiment: str = "nas-retrain"
     parent_run_id: str | None = None  # the search run this net came from
     tags: tuple[tuple[str, str], ...] = ()
+    allow_autoscale: bool = False
 
     def __post_init__(self) -> None:
         from orchestrator.cluster_checks import check_worker_shape
@@ -115,181 +285,106 @@ class RetrainSpec:
         check_worker_shape(self.num_workers, self.cpus_per_worker)
 
 
-@dataclass(frozen=True)
-class RetrainResult:
-    arch: str
-    val_accuracy: float
-    epochs: int
-    run_id: str
-    tracking_uri: str
-    worker_seconds: float
-    gpu_seconds: float
-    wall_seconds: float
-    onnx_path: str | None  # a local copy (also an artifact of the run)
-
-
-def cosine_lr(recipe: RetrainRecipe, step: int, total: int) -> float:
-    return 0.5 * recipe.lr * (1 + math.cos(math.pi * step / max(1, total)))
-
-
-def retrain_data(space_name: str, recipe: RetrainRecipe):
-    """Train on everything but the validation split (the search's held-out images included); validate on it."""
-    from orchestrator.data.digits import digits_splits
-    from orchestrator.spaces import get_space
-
-    space = get_space(space_name)
-    s = digits_splits(space.resolution, seed=recipe.data_seed, valid_fraction=recipe.valid_fraction)
-    x = torch.cat([s.train.tensors[0], s.holdout.tensors[0]])
-    y = torch.cat([s.train.tensors[1], s.holdout.tensors[1]])
-    return (x, y), s.valid.tensors
-
-
-@torch.no_grad()
-def top1(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    net.eval()
-    correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    return correct / max(1, len(x))
-
-
-def train_net(arch: str, recipe: RetrainRecipe, *, shard: tuple[int, int] = (0, 1), sync=None, on_epoch=None,
-              resume: dict | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """Train ``arch`` from scratch with ``recipe`` (one rank of ``shard``); ``on_epoch(state, row)`` after each epoch.
-
-    Init and batch order are functions of the seed only, so every rank builds the same net and draws the same
-    batches; resuming from ``resume`` (a state saved by ``on_epoch``) continues exactly."""
-    import torch.nn.functional as F
-
-    from orchestrator.network import build_net
-    from orchestrator.search.sampling import generator
-
-    rank, world = shard
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        net = build_net(arch)
-    (x, y), (vx, vy) = retrain_data(net.space.name, recipe)
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                          weight_decay=recipe.weight_decay)
-    spe = len(x) // recipe.batch_size
-    if spe < 1 or world > recipe.batch_size:
-        raise ValueError(f"retrain.batch_size {recipe.batch_size} does not fit {len(x)} images on {world} workers")
-    total, start, history = recipe.epochs * spe, 0, []
-    if resume is not None:
-        net.load_state_dict(resume["net"])
-        opt.load_state_dict(resume["opt"])
-        start, history = resume["epoch"], list(resume["history"])
-    for epoch in range(start, recipe.epochs):
-        perm = torch.randperm(len(x), generator=generator(recipe.seed, "retrain-data", epoch))
-        net.train()
-        loss_sum = 0.0
-        for i in range(spe):
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size][rank::world]
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(recipe, epoch * spe + i, total)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(x[idx]), y[idx], label_smoothing=recipe.label_smoothing)
-            loss.backward()
-            if sync is not None:
-                sync([p.grad for p in net.parameters() if p.grad is not None])
-            opt.step()
-            loss_sum += loss.item()
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "val_accuracy": top1(net, vx, vy),
-               "lr": opt.param_groups[0]["lr"]}
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history}, row)
-    return net, history
-
-
 def train_loop_per_worker(config: dict) -> dict:
-    """Runs on every Train worker: restore or start, train with all-reduced gradients, report every epoch."""
-    import ray.train
-
+    """Runs on every Train worker: restore or start, train on this rank's device with averaged gradients,
+    evaluate once across ranks and report a checkpoint every epoch."""
     from orchestrator import tracking
-    from orchestrator.distributed import allreduce_mean, report_checkpoint
-    from orchestrator.state_io import load_state
+    from orchestrator.distributed import report_checkpoint, restored_state, worker_runtime
+    from orchestrator.state_io import state_bytes
 
-    torch.set_num_threads(max(1, int(config["threads"])))
-    recipe = RetrainRecipe(**config["recipe"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_state(Path(d) / CHECKPOINT_FILE, "retrain checkpoint")
+    cfg = retrain_config_from_dict(config["retrain"])
+    rt = worker_runtime(config["use_gpu"], cfg.precision, cfg.channels_last, int(config["threads"]))
+    resume = restored_state(CHECKPOINT_FILE, "retrain checkpoint")
 
-    def on_epoch(state: dict, row: dict) -> None:
-        if rank == 0:
+    def on_epoch(state: RetrainState, row: dict) -> None:
+        saved = retrain_state_dict(state, cfg, config["arch"])  # collective
+        if rt.rank == 0:
             tracking.log_metrics(config["tracking_uri"], config["run_id"], row, step=row["epoch"])
-        report_checkpoint(row, {CHECKPOINT_FILE: state} if rank == 0 else None)
+        report_checkpoint(row, {CHECKPOINT_FILE: saved} if rt.rank == 0 else None)
 
-    net, history = train_net(config["arch"], recipe, shard=(rank, world), sync=allreduce_mean, on_epoch=on_epoch,
-                             resume=resume)
-    buf = io.BytesIO()  # Train refuses tensors in a return value: the weights travel as torch.save bytes
-    torch.save(net.state_dict(), buf)
-    return {"history": history, "state_bytes": buf.getvalue(),
-            "resumed_from_epoch": resume["epoch"] if resume else None}
+    net, state = train_net(config["arch"], cfg, rt=rt, on_epoch=on_epoch, resume=resume)
+    # Train refuses tensors in a return value: the weights travel as torch.save bytes
+    return {"history": state.history, "seconds": state.seconds, "device": str(rt.device),
+            "state_bytes": state_bytes({k: v.detach().cpu() for k, v in net.state_dict().items()}),
+            "resumed_from_epoch": resume["step"] // resume["steps_per_epoch"] if resume else None}
 
 
-def run_retrain(arch: str, recipe: RetrainRecipe, spec: RetrainSpec, *, callbacks: Sequence[Any] = (),
+def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: Sequence[Any] = (),
                 extra_metrics: Mapping[str, float] | None = None, extra_files: Mapping[str, str | bytes] | None = None,
-                onnx_dir: str | Path | None = None) -> RetrainResult:
+                extra_tags: Mapping[str, str] | None = None, onnx_dir: str | Path | None = None) -> RetrainResult:
     """Retrain ``arch`` on ``spec.num_workers`` Ray Train workers and record it in MLflow (nested under
-    ``spec.parent_run_id``): curves, final top-1, cost, net.config, ONNX. ``extra_metrics``/``extra_files`` (e.g.
-    the measured latency and its table reference) go into the same run, so one run is one Pareto point."""
-    import ray
+    ``spec.parent_run_id``): curves, final top-1 and the number of images it was measured on, cost, net.config,
+    ONNX. ``extra_metrics``/``extra_files`` (e.g. the measured latency and its table reference) go into the same
+    run, so one run is one Pareto point. Everything checkable is checked before any worker starts."""
     from orchestrator import tracking
     from orchestrator.arch import Arch
-    from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
-    from orchestrator.distributed import fit_tracked
-    from orchestrator.export import export_onnx
-    from orchestrator.netconfig import to_net_config
-    from orchestrator.network import build_net
-
+    from orchestrator.cluster_checks import check_storage
+    from orchestrator.ray_session import ray_session
     from orchestrator.spaces import get_space
 
     a = Arch.parse(arch) if isinstance(arch, str) else arch
-    get_space(a.space).validate(a)  # a bad architecture fails here, before any worker starts
+    space = get_space(a.space)
+    space.validate(a)  # a bad architecture fails here, before any worker starts
     arch = a.encode()
+    splits = retrain_data(space, cfg)  # a class mismatch or missing data fails here too
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
     name = spec.name or f"retrain-{abs(hash(arch)) % 10**8:08d}"
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
-    per_worker = per_worker_resources(spec.cpus_per_worker, spec.use_gpu)
-    check_resources(spec.num_workers, per_worker)
-    tags = {"nas.kind": "retrain", "nas.arch": arch, "nas.space": a.space, "nas.run_name": name, **dict(spec.tags)}
+    with ray_session():
+        return _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics,
+                            extra_files, extra_tags, onnx_dir)
+
+
+def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics, extra_files,
+                 extra_tags, onnx_dir) -> RetrainResult:
+    from orchestrator import tracking
+    from orchestrator.cluster_checks import check_resources, per_worker_resources
+    from orchestrator.distributed import fit_tracked
+    from orchestrator.export import export_onnx
+    from orchestrator.netconfig import to_net_config
+    from orchestrator.network import build_net
+    from orchestrator.provenance import provenance
+    from orchestrator.state_io import load_state
+
+    check_resources(spec.num_workers, per_worker_resources(spec.cpus_per_worker, spec.use_gpu), spec.allow_autoscale)
+    tags = {"nas.kind": "retrain", "nas.arch": arch, "nas.space": a.space, "nas.space_fingerprint":
+            space.fingerprint(), "nas.run_name": name, "nas.data": splits.where, **dict(spec.tags),
+            **dict(extra_tags or {})}
     run_id = tracking.create_run(uri, spec.experiment, name, tags=tags, parent_run_id=spec.parent_run_id,
-                                 params={"arch": arch, "retrain": asdict(recipe),
-                                         "run": {"num_workers": spec.num_workers,
-                                                 "cpus_per_worker": spec.cpus_per_worker, "use_gpu": spec.use_gpu}})
+                                 params={"arch": arch, "retrain": cfg.to_dict(), "provenance": provenance(),
+                                         "run": {"num_workers": spec.num_workers, "use_gpu": spec.use_gpu,
+                                                 "cpus_per_worker": spec.cpus_per_worker}})
     result, wall = fit_tracked(
         "retrain", name, train_loop_per_worker,
-        {"arch": arch, "recipe": asdict(recipe), "run_id": run_id, "tracking_uri": uri,
+        {"arch": arch, "retrain": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "use_gpu": spec.use_gpu,
          "threads": max(1, int(spec.cpus_per_worker))},
-        num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
+        num_workers=spec.num_workers, use_gpu=spec.use_gpu,
+        per_worker=per_worker_resources(spec.cpus_per_worker, spec.use_gpu), storage=storage,
         max_failures=spec.max_failures, keep=1, callbacks=callbacks, uri=uri, run_id=run_id)
     out = result.return_value
     net = build_net(arch)
-    net.load_state_dict(torch.load(io.BytesIO(out["state_bytes"]), map_location="cpu", weights_only=True))
+    net.load_state_dict(load_state(out["state_bytes"], "retrained weights"))
     onnx_dir = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="retrain-onnx-"))
     onnx_path = onnx_dir / f"{name}.onnx"
     export_onnx(net, onnx_path)
-    acc = out["history"][-1]["val_accuracy"]
+    last = out["history"][-1]
     worker_seconds = wall * spec.num_workers
-    cost = {"worker_seconds": worker_seconds, "gpu_seconds": worker_seconds if spec.use_gpu else 0.0,
-            "wall_seconds": wall}
+    on_gpu = out["device"].startswith("cuda")
+    cost = {"worker_seconds": worker_seconds, "gpu_seconds": worker_seconds if on_gpu else 0.0,
+            "wall_seconds": wall, **{f"{k}_seconds": v for k, v in out["seconds"].items()}}
     tracking.log_artifact_files(uri, run_id, {
         "arch.txt": arch + "\n", "net.config": json.dumps(to_net_config(a), indent=4),
         "net.onnx": onnx_path.read_bytes(),
-        "retrain.json": json.dumps({"arch": arch, "recipe": asdict(recipe), "history": out["history"],
-                                    "resumed_from_epoch": out["resumed_from_epoch"], **cost}, indent=1),
+        "retrain.json": json.dumps({"arch": arch, "config": cfg.to_dict(), "history": out["history"],
+                                    "device": out["device"], "resumed_from_epoch": out["resumed_from_epoch"],
+                                    **cost}, indent=1),
         **dict(extra_files or {}),
     })
-    tracking.log_metrics(uri, run_id, {"val_accuracy": acc, "val_error": 1 - acc, **cost, **dict(extra_metrics or {})},
-                         step=recipe.epochs)
+    tracking.log_metrics(uri, run_id, {"val_accuracy": last["val_accuracy"], "val_error": 1 - last["val_accuracy"],
+                                       "val_images": last["val_images"], **cost, **dict(extra_metrics or {})},
+                         step=cfg.epochs)
     tracking.end_run(uri, run_id)
-    log.info("retrained %s: top-1 %.3f in %.0f s", arch, acc, wall)
-    return RetrainResult(arch, acc, recipe.epochs, run_id, uri, worker_seconds, cost["gpu_seconds"], wall,
-                         str(onnx_path))
+    log.info("retrained %s: top-1 %.3f on %d images in %.0f s", arch, last["val_accuracy"], last["val_images"], wall)
+    return RetrainResult(arch, last["val_accuracy"], last["val_images"], cfg.epochs, out["device"], run_id, uri,
+                         worker_seconds, cost["gpu_seconds"], wall, str(onnx_path), tuple(out["history"]))

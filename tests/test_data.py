@@ -17,7 +17,7 @@ from orchestrator.cli import main
 from orchestrator.data.digits import digits_splits
 from orchestrator.data.manifest import MANIFEST, load_manifest
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
-from orchestrator.data.source import DataConfig, make_loaders, set_epoch
+from orchestrator.data.source import DataSpec, open_splits
 from orchestrator.storage import resolve
 from orchestrator.data.transforms import eval_transform, train_transform
 
@@ -52,14 +52,33 @@ def listing(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
 
-def all_ids(loader) -> list[int]:
-    return [int(i) for batch in loader for i in batch[2]]
+SPLITS = ("train", "holdout", "valid")
 
 
-def shard_cfg(uri: str, **kw) -> DataConfig:
-    base = dict(kind="shards", uri=uri, resolution=16, holdout_per_class=2, valid_fraction=0.2, batch_size=1,
-                return_ids=True, equalize=False)
-    return DataConfig(**{**base, **kw})
+def shard_spec(uri: str, **kw) -> DataSpec:
+    return DataSpec(**{**dict(kind="shards", uri=uri, holdout_per_class=2, valid_fraction=0.2), **kw})
+
+
+def feeds(spec: DataSpec, rank: int = 0, world: int = 1, batch: int = 1, num_classes: int | None = None) -> dict:
+    """This rank's feeds of the three splits: shuffled full batches for train and held-out, every image once
+    for validation."""
+    s = open_splits(spec, 16, num_classes)
+    return {name: spec.feed(getattr(s, name), batch_size=batch, rank=rank, world=world, shuffle=name != "valid",
+                            stream=name) for name in SPLITS}
+
+
+def read_ids(feed, epoch: int = 0) -> list[int]:
+    """The ids of one epoch, checked against what was really read: each batch's labels are those of its ids."""
+    ids = feed.ids(epoch).tolist()
+    labels = [int(v) for _, y in feed.epoch(epoch) for v in y]
+    assert len(labels) == len(ids)
+    by_id = dict(zip(feed.rows.ids(np.arange(len(feed.rows))).tolist(), feed.rows.labels.tolist()))
+    assert labels == [by_id[i] for i in ids]
+    return ids
+
+
+def all_ids(spec: DataSpec, **kw) -> list[int]:
+    return [i for f in feeds(spec, **kw).values() for i in read_ids(f)]
 
 
 def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -94,20 +113,34 @@ def prepared(tree, tmp_path) -> Path:
 
 
 # ---- the embedded default and transforms ------------------------------------------------------------------------
-def test_digits_default_splits_and_loaders_per_rank():
+def test_digits_default_splits_and_feeds_per_rank():
     s = digits_splits(16, seed=0, holdout_per_class=20, valid_fraction=0.2)
     assert len(s.train_index) + len(s.holdout_index) + len(s.valid_index) == 1797
     seen = {}
     for rank in (0, 1):
-        loaders = make_loaders(DataConfig(resolution=16, holdout_per_class=20, batch_size=32, return_ids=True),
-                               rank, 2)
-        x, y, _ = next(iter(loaders.train))
+        f = feeds(DataSpec(holdout_per_class=20), rank, 2, batch=32)
+        x, y = next(f["train"].epoch(0))
         assert x.shape == (32, 3, 16, 16) and y.dtype == torch.int64
-        seen[rank] = {name: set(all_ids(loader)) for name, loader in zip(loaders._fields, loaders)}
+        seen[rank] = {name: set(read_ids(feed)) for name, feed in f.items()}
     holdout = seen[0]["holdout"] | seen[1]["holdout"]
-    assert holdout == set(s.holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
+    assert holdout <= set(s.holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
     assert not (seen[0]["train"] | seen[1]["train"]) & holdout
+    assert seen[0]["valid"] | seen[1]["valid"] == set(s.valid_index)  # every validation image, once
 
+
+def test_resume_mid_epoch_and_any_number_of_loader_workers_give_the_same_batches(prepared):
+    """The batch sequence is a function of the seed alone: resuming at a batch, or decoding in 2 processes,
+    yields the same pixels as one uninterrupted pass in this process (augmentation included)."""
+    spec = shard_spec(str(prepared), valid_fraction=0.1)
+    rows = open_splits(spec, 16).train
+    base = spec.feed(rows, batch_size=2, stream="train")
+    full = [b for _, b in zip(range(9), base.stream(0))]  # crosses an epoch boundary (4 batches an epoch)
+    resumed = [b for _, b in zip(range(4), base.stream(5))]
+    two = DataSpec(**{**spec.to_dict(), "workers": 2}).feed(rows, batch_size=2, stream="train")
+    forked = [b for _, b in zip(range(9), two.stream(0))]
+    for got, want in [*zip(resumed, full[5:]), *zip(forked, full)]:
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(full[0][0], full[4][0])  # epochs differ
 
 def test_transforms_give_the_resolution_and_imagenet_normalisation(tree):
     from PIL import Image
@@ -135,31 +168,21 @@ def test_prepare_writes_shards_index_and_manifest_last(prepared, tree):
 
 
 def test_every_image_once_per_epoch_on_each_rank_and_epochs_differ(prepared):
+    per_rank = [feeds(shard_spec(str(prepared)), r, 3) for r in range(3)]
     orders = {}
-    for equalize in (False, True):
-        per_rank = [make_loaders(shard_cfg(str(prepared), equalize=equalize), r, 3).train.dataset for r in range(3)]
-        for epoch in (0, 1):
-            ids = []
-            for ds in per_rank:
-                ds.set_epoch(epoch)
-                got = [int(i) for _, _, i in ds]
-                assert len(got) == len(ds) and got == ds.ids().tolist()
-                ids += got
-            assert len(ids) == len(set(ids))
-            if equalize:
-                assert len({len(ds) for ds in per_rank}) == 1 and len(ids) == 9  # 9 train images, 3 ranks
-            orders[(equalize, epoch)] = ids
-        assert sorted(orders[(equalize, 0)]) == sorted(orders[(equalize, 1)])
-    assert orders[(False, 0)] != orders[(False, 1)]
+    for epoch in (0, 1):
+        ids = [i for f in per_rank for i in read_ids(f["train"], epoch)]
+        assert len(ids) == len(set(ids)) == 9  # 9 train images, 3 ranks with 3 each
+        orders[epoch] = ids
+        valid = [i for f in per_rank for i in read_ids(f["valid"], epoch)]
+        assert len(valid) == len(set(valid)) == 3  # validation: every image once, in order
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
 
 
 def test_splits_are_disjoint_seeded_and_equal_to_imagefolder_splits(prepared, tree):
     def splits(kind: str, uri: str, seed: int) -> dict[str, set[int]]:
-        cfg = DataConfig(kind=kind, uri=uri, resolution=16, holdout_per_class=2, valid_fraction=0.2,
-                         batch_size=1, seed=seed, return_ids=True, equalize=False)
-        loaders = make_loaders(cfg)
-        set_epoch(loaders, 3)
-        return {name: set(all_ids(loader)) for name, loader in zip(loaders._fields, loaders)}
+        f = feeds(DataSpec(kind=kind, uri=uri, holdout_per_class=2, valid_fraction=0.2, seed=seed))
+        return {name: set(read_ids(feed, 3)) for name, feed in f.items()}
 
     s = splits("shards", str(prepared), 0)
     assert not s["train"] & s["holdout"] and not s["train"] & s["valid"] and not s["holdout"] & s["valid"]
@@ -172,11 +195,21 @@ def test_splits_are_disjoint_seeded_and_equal_to_imagefolder_splits(prepared, tr
 def test_separate_validation_set_and_class_count_check(prepared, tree, tmp_path):
     val = tmp_path / "val"
     prepare_shards(make_tree(tmp_path / "valtree", per_class=2, seed=1), str(val), PrepareOptions(shard_size=5))
-    loaders = make_loaders(shard_cfg(str(prepared), valid_uri=str(val)))
-    assert sorted(all_ids(loaders.valid)) == list(range(6))
-    assert len(loaders.train.dataset) + len(loaders.holdout.dataset) == 18
-    with pytest.raises(ValueError, match="3 classes, but the search space expects 1000"):
-        make_loaders(shard_cfg(str(prepared), num_classes=1000))
+    f = feeds(shard_spec(str(prepared), valid_uri=str(val)))
+    assert sorted(read_ids(f["valid"])) == list(range(6))
+    assert len(f["train"].rows) + len(f["holdout"].rows) == 18
+    with pytest.raises(ValueError, match="has 3 classes, but the net expects 1000"):
+        feeds(shard_spec(str(prepared)), num_classes=1000)
+    with pytest.raises(ValueError, match="has 3 classes, but the net expects 10"):
+        feeds(DataSpec(kind="imagefolder", uri=str(tree)), num_classes=10)
+
+
+def test_retrain_trains_on_the_weight_and_held_out_images(prepared):
+    search, retrain = open_splits(shard_spec(str(prepared)), 16), open_splits(shard_spec(str(prepared)), 16,
+                                                                              role="retrain")
+    ids = lambda rows: set(rows.ids(np.arange(len(rows))).tolist())  # noqa: E731
+    assert ids(retrain.train) == ids(search.train) | ids(search.holdout) and len(retrain.holdout) == 0
+    assert ids(retrain.valid) == ids(search.valid)
 
 
 def test_prepare_and_stream_from_s3(tree, s3_env, monkeypatch):
@@ -187,13 +220,12 @@ def test_prepare_and_stream_from_s3(tree, s3_env, monkeypatch):
     assert {f"imnet/{s.path}" for s in m.shards} <= set(keys)
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # the explicit option, not the environment
         monkeypatch.delenv(var)
-    loaders = make_loaders(shard_cfg(f"s3://{bucket}/imnet", endpoint=s3_env.url))
-    ids = [i for loader in loaders for i in all_ids(loader)]
-    assert sorted(ids) == list(range(18))
-    x, y, _ = next(iter(loaders.train))
+    spec = shard_spec(f"s3://{bucket}/imnet", endpoint=s3_env.url, holdout_per_class=1)
+    assert sorted(all_ids(spec)) == list(range(18))
+    x, y = next(feeds(spec)["train"].epoch(0))
     assert x.shape == (1, 3, 16, 16)
-    forked = make_loaders(shard_cfg(f"s3://{bucket}/imnet", endpoint=s3_env.url, num_workers=2))
-    assert sorted(i for loader in forked for i in all_ids(loader)) == list(range(18))  # 2 DataLoader processes
+    forked = DataSpec(**{**spec.to_dict(), "workers": 2})  # 2 DataLoader processes
+    assert sorted(all_ids(forked)) == list(range(18))
 
 
 def test_overwrite_needs_a_flag_and_drops_the_replaced_set(prepared, tree):
@@ -227,7 +259,7 @@ def test_corrupt_jpeg_skipped_and_counted_with_progress_bar(tree, tmp_path):
     assert "img/s" in r.stderr or "18/18" in r.stderr  # tqdm's bar
     m = load_manifest(resolve(str(out)))
     assert m.counts == (6, 5, 6) and m.skipped == ("bee/img002.jpg",)
-    ids = [i for loader in make_loaders(shard_cfg(str(out))) for i in all_ids(loader)]
+    ids = all_ids(shard_spec(str(out), holdout_per_class=1))
     assert sorted(ids) == [i for i in range(18) if i != 8]  # bee's third image is id 6 + 2
 
 
@@ -249,7 +281,7 @@ def test_missing_shard_named_by_loaders_and_cli(prepared, capsys):
     m = load_manifest(resolve(str(prepared)))
     (prepared / m.shards[2].path).unlink()
     with pytest.raises(FileNotFoundError, match=r"part-00002.parquet: shard listed in the manifest is missing"):
-        make_loaders(shard_cfg(str(prepared)))
+        feeds(shard_spec(str(prepared)))
     code, err = run_main(["data", "info", str(prepared)], capsys)
     assert code == 2
     assert_one_line_error(err, "part-00002.parquet", "missing")
@@ -259,9 +291,9 @@ def test_unreadable_shard_named_when_read(prepared):
     m = load_manifest(resolve(str(prepared)))
     path = prepared / m.shards[1].path
     path.write_bytes(b"\0" * path.stat().st_size)  # same size: only reading can tell
-    loaders = make_loaders(shard_cfg(str(prepared)))
+    f = feeds(shard_spec(str(prepared)))
     with pytest.raises(ValueError, match=r"part-00001.parquet: not a readable shard"):
-        [b for loader in loaders for b in loader]
+        [b for feed in f.values() for b in feed.epoch(0)]
 
 
 def test_label_out_of_range_in_a_shard_or_the_index(prepared):
@@ -272,13 +304,13 @@ def test_label_out_of_range_in_a_shard_or_the_index(prepared):
     manifest = json.loads((prepared / MANIFEST).read_text())
     manifest["shards"][0]["bytes"] = shard.stat().st_size  # a producer that wrote a consistent manifest
     (prepared / MANIFEST).write_text(json.dumps(manifest))
-    loaders = make_loaders(shard_cfg(str(prepared)))
+    f = feeds(shard_spec(str(prepared)))
     with pytest.raises(ValueError, match=r"part-00000.parquet: image id \d+ has label 99, out of range for 3"):
-        [b for loader in loaders for b in loader]
+        [b for feed in f.values() for b in feed.epoch(0)]
     index = pq.read_table(prepared / m.index)
     pq.write_table(index.set_column(1, "label", pa.array(index.column("label").to_numpy() * 0 + 7)), prepared / m.index)
     with pytest.raises(ValueError, match=r"index.parquet: image id \d+ has label 7, out of range for 3 classes"):
-        make_loaders(shard_cfg(str(prepared)))
+        feeds(shard_spec(str(prepared)))
 
 
 def test_wrong_s3_credentials_refused_in_one_line_and_nothing_written(tree, s3_env, monkeypatch):
@@ -294,7 +326,7 @@ def test_wrong_s3_credentials_refused_in_one_line_and_nothing_written(tree, s3_e
         with pytest.raises(PermissionError, match=rf"s3://{bucket}/new.*check AWS credentials"):
             prepare_shards(tree, f"s3://{bucket}/new")
         with pytest.raises(PermissionError, match=rf"s3://{bucket}/good/manifest.json.*check AWS credentials"):
-            make_loaders(shard_cfg(good))
+            feeds(shard_spec(good))
         r = run_cli(["data", "prepare", "--imagefolder", str(tree), "--out", f"s3://{bucket}/new"],
                     env={**s3_env.env(), **wrong})
     assert r.returncode == 2
@@ -304,13 +336,13 @@ def test_wrong_s3_credentials_refused_in_one_line_and_nothing_written(tree, s3_e
 
 
 def test_config_and_option_errors_are_value_errors():
-    for kw, msg in [(dict(kind="tar"), "data kind must be one of"), (dict(kind="shards"), "needs a uri"),
-                    (dict(valid_fraction=0.0), "no validation data"), (dict(batch_size=0), "batch_size")]:
+    for kw, msg in [(dict(kind="tar"), "kind: must be one of"), (dict(kind="shards"), "needs the location"),
+                    (dict(valid_fraction=0.0), "no validation data"), (dict(workers=-1), "workers: must be"),
+                    (dict(color_jitter="wild"), "color_jitter: must be one of"),
+                    (dict(kind="imagefolder", uri="s3://bucket/train"), "imagefolder kind reads a local or NFS")]:
         with pytest.raises(ValueError, match=msg):
-            DataConfig(**kw)
+            DataSpec(**kw)
     with pytest.raises(ValueError, match="shard size must be at least 1"):
         PrepareOptions(shard_size=0)
     with pytest.raises(ValueError, match="rank must be in"):
-        make_loaders(DataConfig(), rank=2, world_size=2)
-    with pytest.raises(ValueError, match="imagefolder kind reads a local or NFS path"):
-        make_loaders(DataConfig(kind="imagefolder", uri="s3://bucket/train"))
+        feeds(DataSpec(), rank=2, world=2)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search import SearchConfig, config_from_dict, load_config
-from orchestrator.search.config import apply_overrides
+from orchestrator.config import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -70,7 +70,7 @@ def test_cli_rejects_bad_config_with_one_line(override, needle, tmp_path, capsys
 
     import orchestrator.search as search
 
-    monkeypatch.setattr(search, "load_data", lambda cfg: pytest.fail("data loaded before validation"))
+    monkeypatch.setattr(search, "open_data", lambda cfg: pytest.fail("data opened before validation"))
     with pytest.raises(SystemExit) as exc:
         main(["search", "--config", str(TINY), "--set", override, "--out", str(tmp_path / "out")])
     assert exc.value.code == 2

@@ -14,11 +14,17 @@ from orchestrator.cli import app
               help="Override a sweep key (e.g. max_concurrent_trials=1, retrain.epochs=2); repeatable.")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a private local Ray).")
 @click.option("--num-cpus", type=int, default=None, help="CPUs of the private local Ray (default: all).")
-def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num_cpus: int | None) -> None:
+@click.option("--gpu", is_flag=True, help="One GPU per Train worker for the warm-up, every search and retrain "
+              "(the same as --set use_gpu=true).")
+@click.option("--allow-autoscale", is_flag=True, help="The cluster autoscales: start even if its nodes cannot host "
+              "the workers yet (the same as --set allow_autoscale=true).")
+def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num_cpus: int | None, gpu: bool,
+          allow_autoscale: bool) -> None:
     """Run (or resume, with the same name and storage) a sweep; prints each point and where to look."""
     from orchestrator.sweep import load_sweep, run_sweep
 
-    cfg = load_sweep(config_path, overrides)
+    flags = [*(["use_gpu=true"] if gpu else []), *(["allow_autoscale=true"] if allow_autoscale else [])]
+    cfg = load_sweep(config_path, [*overrides, *flags])
     res = run_sweep(cfg, address=address, num_cpus=num_cpus)
     for t in sorted(res.trials, key=lambda t: (t["hardware"], t["target"])):
         acc = t.get("val_accuracy", t.get("supernet_valid_accuracy"))

@@ -1,24 +1,22 @@
-"""Streaming a prepared shard set: each Train rank reads only its own row groups, straight from local disk or S3.
+"""Reading a prepared shard set: each Train rank reads only its own row groups, straight from local disk or S3.
 
-A ``ShardStream`` holds the index rows of one split (train, held-out or validation). Per epoch every rank
-computes the same seeded order (row groups shuffled, rows shuffled inside each), takes its contiguous block
-of it (see ``partition``) and splits that again among its DataLoader workers. Each row group is fetched once
-by one reader with range requests; no node ever downloads the whole set.
+A ``ShardRows`` holds the index rows of one split (train, held-out or validation). Per epoch every rank
+computes the same seeded order (row groups shuffled, rows shuffled inside each) and takes its contiguous block
+of it (see ``partition`` and ``feed``); row groups are fetched with range requests, so no node ever downloads the
+whole set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
-from torch.utils.data import IterableDataset, get_worker_info
 
 from orchestrator.data.manifest import Index, Manifest
-from orchestrator.data.partition import block, check_rank, epoch_rng
 from orchestrator.storage import Location, one_line, resolve, storage_error
 from orchestrator.data.transforms import decode as decode_bytes
 
@@ -47,105 +45,94 @@ def check_shards(loc: Location, manifest: Manifest) -> None:
                           f"(replaced or truncated)")
 
 
-class ShardStream(IterableDataset):
-    """One split of a shard set, as seen by one rank: yields ``(image, label)`` or ``(image, label, id)``.
+class ShardRows:
+    """One split of a shard set (its index rows): the read order of an epoch and the loading of given rows.
 
-    With ``decode`` off the image is the encoded ``bytes`` as stored (for benchmarks, and for callers that
-    decode elsewhere, e.g. ``torchvision.io.decode_jpeg`` on the GPU). ``len()`` is the number of samples this
-    rank yields per epoch."""
+    Reading is planned by row group: an epoch's order permutes whole row groups and shuffles rows inside each
+    (so consecutive samples share a row group and a reader fetches each group with one range request), and
+    ``load`` fetches the groups a batch needs, keeping the last few in memory for the next batch. Opened inside
+    each DataLoader worker, so no S3 client crosses a fork."""
 
-    def __init__(self, shards: ShardSet, rows: Index, *, rank: int = 0, world_size: int = 1,
-                 transform: Callable | None = None, decode: bool = True, shuffle: bool = False, seed: int = 0,
-                 equalize: bool = False, return_ids: bool = False) -> None:
-        check_rank(rank, world_size)
-        self.shards, self.rows = shards, rows
-        self.rank, self.world_size = rank, world_size
-        self.transform, self.decode = transform, decode
-        self.shuffle, self.seed, self.equalize, self.return_ids = shuffle, seed, equalize, return_ids
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """A new seeded order for the next epoch (call on every rank with the same value)."""
-        self.epoch = epoch
+    def __init__(self, shards: ShardSet, rows: Index, transform: Callable | None = None, decode: bool = True,
+                 cache_groups: int = 4) -> None:
+        self.shards, self.rows, self.transform, self.decode = shards, rows, transform, decode
+        self.labels = rows.label
+        self.cache_groups = cache_groups
+        self._loc: Location | None = None
+        self._footers: dict[int, pq.FileMetaData] = {}
+        self._cache: dict[tuple[int, int], pa.Table] = {}
 
     def __len__(self) -> int:
-        start, stop = block(len(self.rows), self.rank, self.world_size, self.equalize)
-        return stop - start
+        return len(self.rows)
 
-    def ids(self) -> np.ndarray:
-        """The ids this rank yields this epoch, in order (across all its DataLoader workers)."""
-        return self.rows.id[self._mine(worker=False)]
+    def __getstate__(self) -> dict:  # a worker opens its own filesystem and caches
+        return {**self.__dict__, "_loc": None, "_footers": {}, "_cache": {}}
 
-    # ---- planning ---------------------------------------------------------------------------------------------
     def _keys(self) -> np.ndarray:
         return (self.rows.shard.astype(np.int64) << 32) | self.rows.row_group.astype(np.int64)
 
-    def _order(self) -> np.ndarray:
-        """Positions into ``rows`` in this epoch's read order, the same on every rank."""
+    def order(self, rng: np.random.Generator | None) -> np.ndarray:
+        """Positions into the rows in read order: storage order, or row groups permuted and rows shuffled in each."""
         r = self.rows
-        if not self.shuffle:
+        if rng is None:
             return np.lexsort((r.row, r.row_group, r.shard))
-        rng = epoch_rng(self.seed, self.epoch)
         uniq, unit = np.unique(self._keys(), return_inverse=True)
         unit_rank = rng.permutation(len(uniq))[unit]
         return np.lexsort((rng.random(len(r)), unit_rank))
 
-    def _mine(self, worker: bool = True) -> np.ndarray:
-        order = self._order()
-        start, stop = block(len(order), self.rank, self.world_size, self.equalize)
-        mine = order[start:stop]
-        info = get_worker_info() if worker else None
-        if info is not None:
-            a, b = block(len(mine), info.id, info.num_workers, False)
-            mine = mine[a:b]
-        return mine
+    def ids(self, positions: np.ndarray) -> np.ndarray:
+        return self.rows.id[positions]
 
-    # ---- reading ----------------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple]:
-        mine = self._mine()
-        if mine.size == 0:
-            return
-        loc = resolve(self.shards.uri, self.shards.endpoint)  # opened in the worker: no S3 client crosses a fork
-        keys = self._keys()[mine]
-        cuts = np.flatnonzero(np.diff(keys)) + 1
-        footers: dict[int, pq.FileMetaData] = {}  # each shard's footer is fetched once per epoch
-        for group in np.split(mine, cuts):
-            yield from self._samples(loc, group, footers)
+    def load(self, positions: np.ndarray) -> list[tuple[Any, int]]:
+        """(image, label) of each position, in the given order; the image transformed (or raw bytes)."""
+        if self._loc is None:
+            self._loc = resolve(self.shards.uri, self.shards.endpoint)
+        r = self.rows
+        out: list[tuple[Any, int] | None] = [None] * len(positions)
+        keys = self._keys()[positions]
+        for key in dict.fromkeys(keys.tolist()):  # each row group once, in first-seen order
+            where_ = np.flatnonzero(keys == key)
+            group = positions[where_]
+            shard, row_group = int(r.shard[group[0]]), int(r.row_group[group[0]])
+            where = self._loc.uri_of(self.shards.shards[shard])
+            table = self._group(shard, row_group)
+            rows = r.row[group]
+            if rows.max() >= table.num_rows:
+                raise ValueError(f"{where}: row group {row_group} has {table.num_rows} rows, "
+                                 f"the index wants row {rows.max()}")
+            ids = table.column("id").to_numpy()[rows]
+            labels = table.column("label").to_numpy()[rows]
+            _check_rows(where, ids, labels, r.id[group], r.label[group], self.shards.num_classes)
+            images = table.column("image").take(pa.array(rows)).to_pylist()
+            for slot, i, label, data in zip(where_.tolist(), ids.tolist(), labels.tolist(), images):
+                out[slot] = (self._image(where, i, data), label)
+        return out  # type: ignore[return-value]
 
-    def _read_group(self, loc: Location, shard: int, row_group: int, footers: dict) -> pa.Table:
+    def _group(self, shard: int, row_group: int) -> pa.Table:
+        key = (shard, row_group)
+        if key not in self._cache:
+            if len(self._cache) >= self.cache_groups:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self._read_group(shard, row_group)
+        return self._cache[key]
+
+    def _read_group(self, shard: int, row_group: int) -> pa.Table:
+        loc = self._loc
         rel = self.shards.shards[shard]
         where = loc.uri_of(rel)
-        columns = ["id", "label", "image"]
         try:
             with loc.fs.open_input_file(loc.path(rel)) as f:
-                pf = pq.ParquetFile(f, metadata=footers.get(shard))
-                footers[shard] = pf.metadata
+                pf = pq.ParquetFile(f, metadata=self._footers.get(shard))
+                self._footers[shard] = pf.metadata
                 if row_group >= pf.num_row_groups:
                     raise ValueError(f"{where}: has {pf.num_row_groups} row groups, the index wants {row_group}")
-                return pf.read_row_group(row_group, columns=columns)
+                return pf.read_row_group(row_group, columns=["id", "label", "image"])
         except FileNotFoundError:
             raise FileNotFoundError(f"{where}: shard listed in the manifest is missing") from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
             raise ValueError(f"{where}: not a readable shard ({one_line(e)})") from None
         except OSError as e:
             raise storage_error(e, where) from None
-
-    def _samples(self, loc: Location, group: np.ndarray, footers: dict) -> Iterator[tuple]:
-        r = self.rows
-        shard, row_group = int(r.shard[group[0]]), int(r.row_group[group[0]])
-        where = loc.uri_of(self.shards.shards[shard])
-        table = self._read_group(loc, shard, row_group, footers)
-        rows = r.row[group]
-        if rows.max() >= table.num_rows:
-            raise ValueError(f"{where}: row group {row_group} has {table.num_rows} rows, "
-                             f"the index wants row {rows.max()}")
-        ids = table.column("id").to_numpy()[rows]
-        labels = table.column("label").to_numpy()[rows]
-        _check_rows(where, ids, labels, r.id[group], r.label[group], self.shards.num_classes)
-        images = table.column("image").take(pa.array(rows)).to_pylist()
-        for i, label, data in zip(ids.tolist(), labels.tolist(), images):
-            x = self._image(where, i, data)
-            yield (x, label, i) if self.return_ids else (x, label)
 
     def _image(self, where: str, image_id: int, data: bytes):
         if not self.decode:

@@ -23,13 +23,24 @@ def _check(resolution: int) -> None:
         raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
 
 
-def train_transform(resolution: int) -> v2.Compose:
-    """Random-resized crop and flip for weight training."""
+COLOR_JITTER = {  # the official data provider's ``distort_color`` settings
+    "none": None,
+    "normal": dict(brightness=32.0 / 255.0, saturation=0.5),  # the official search default
+    "strong": dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),  # the official retrain default
+}
+
+
+def train_transform(resolution: int, color_jitter: str = "none") -> v2.Compose:
+    """Random-resized crop, flip and (optionally) colour distortion for weight training."""
     _check(resolution)
+    if color_jitter not in COLOR_JITTER:
+        raise ValueError(f"color_jitter: must be one of {', '.join(COLOR_JITTER)}, got {color_jitter!r}")
+    jitter = COLOR_JITTER[color_jitter]
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(resolution, scale=(0.08, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
+        *([v2.ColorJitter(**jitter)] if jitter else []),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

@@ -1,23 +1,26 @@
-"""Typed search configuration: frozen dataclasses loaded from YAML plus dotted ``--set`` overrides.
+"""Typed search configuration: frozen dataclasses loaded (``orchestrator.config``) from YAML plus ``--set``.
 
 Everything is checked when the config is built, so a bad value fails in milliseconds with the offending key
 named, before data, supernet or latency model are touched. Hardware names are resolved (and so checked) by
-``orchestrator.search.driver.prepare`` before any other work, because the set of profiles lives elsewhere.
+``orchestrator.search.driver.resolve_latency`` before any other work, because the set of profiles lives elsewhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from orchestrator.config import apply_overrides, build, load, to_dict
+from orchestrator.config import fail as _fail
+from orchestrator.data.source import DataSpec
+
+if TYPE_CHECKING:
+    from orchestrator.spaces import SearchSpace
 
 REGULARIZERS = ("mul#log", "add#linear", "latency", "none")
 ARCH_ALGOS = ("grad", "rl")
-DATASETS = ("digits", "imagefolder")
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class WeightConfig:
     nesterov: bool = True
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
-    batch_size: int = 256
+    no_decay_bn: bool = False  # BN weights without weight decay (the official search decays them; retrain does not)
+    batch_size: int = 256  # the global batch of a weight step, split evenly among the ranks
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class ArchConfig:
     init_std: float = 1e-3  # α ~ N(0, init_std), as the official arch_init_ratio
     update_every: int = 5  # one architecture update every k weight steps (search epochs only)
     update_steps: int = 1  # arch steps per update
-    batch_size: int = 256  # held-out batch per arch step
+    batch_size: int = 256  # the global held-out batch of an arch step, split evenly among the ranks
     rescale: bool = True  # keep the sampled pair's total probability mass after each Adam step
     regularizer: str = "mul#log"
     reg_alpha: float = 0.2  # mul#log: CE * alpha * (log E[LAT] / log T) ** beta
@@ -57,20 +61,13 @@ class ArchConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    name: str = "digits"  # digits (embedded) | imagefolder (an ImageNet-style train/<class>/*.JPEG tree)
-    uri: str | None = None  # the ImageFolder root (local or NFS path), for name=imagefolder
-    valid_uri: str | None = None  # a separate validation tree (ImageNet's val); else carved out of uri
-    holdout_per_class: int = 20  # held-out images per class for arch steps (official: 50 per ImageNet class)
-    valid_fraction: float = 0.2
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class SearchConfig:
     """One search. ``epochs`` counts the whole run; the first ``warmup_epochs`` of it train weights only."""
 
-    space: str = "digits-32"
+    space: str = "digits-32"  # a registered space, or a task variant of one (e.g. tiny[c3,r64])
+    num_classes: int | None = None  # the task's classes; default the space's (instantiates a variant)
+    resolution: int | None = None  # the task's input side in px; default the space's
+    width_mult: float | None = None  # width multiplier of the space; default the space's
     hardware: str = "flops"
     latency_table: str | None = None
     target: float = 1.0  # latency target T in the hardware profile's unit
@@ -79,24 +76,29 @@ class SearchConfig:
     seed: int = 0
     log_every: int = 10  # weight steps per curve point / on_step call
     checkpoint_every: int = 0  # weight steps between checkpoint hook calls; 0 = only at the end
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes; weights and α stay fp32)
+    channels_last: bool = False  # channels-last memory format for activations and weights
     weight: WeightConfig = field(default_factory=WeightConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSpec = field(default_factory=DataSpec)
 
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def search_space(self) -> "SearchSpace":
+        """The space searched: ``space`` instantiated with the task's classes, resolution and width."""
+        from orchestrator.spaces import get_space
+
+        return get_space(self.space).variant(self.num_classes, self.resolution, self.width_mult)
+
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["arch"]["betas"] = list(d["arch"]["betas"])
-        return d
+        return to_dict(self)
 
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
 
 
-def _fail(key: str, msg: str) -> None:
-    raise ValueError(f"{key}: {msg}")
 
 
 def _positive(key: str, value: float, strict: bool = True) -> None:
@@ -112,6 +114,12 @@ def validate(cfg: SearchConfig) -> None:
         get_space(cfg.space)
     except ValueError as e:
         _fail("space", str(e))
+    try:
+        cfg.search_space
+    except ValueError as e:
+        raise ValueError(str(e)) from None  # already names num_classes, resolution or width_mult
+    if cfg.precision not in ("fp32", "bf16"):
+        _fail("precision", f"must be fp32 or bf16, got {cfg.precision!r}")
     if not cfg.hardware:
         _fail("hardware", "must name a hardware profile, e.g. 'flops'")
     _positive("target", cfg.target)
@@ -122,7 +130,7 @@ def validate(cfg: SearchConfig) -> None:
                                f"(epochs={cfg.epochs}) so that search epochs remain")
     _positive("log_every", cfg.log_every)
     _positive("checkpoint_every", cfg.checkpoint_every, strict=False)
-    w, a, d = cfg.weight, cfg.arch, cfg.data
+    w, a = cfg.weight, cfg.arch
     _positive("weight.lr", w.lr)
     _positive("weight.warmup_lr", w.warmup_lr)
     if not 0 <= w.momentum < 1:
@@ -156,116 +164,17 @@ def validate(cfg: SearchConfig) -> None:
     if not 0 <= a.rl_baseline_decay < 1:
         _fail("arch.rl_baseline_decay", f"must be in [0, 1), got {a.rl_baseline_decay}")
     _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
-    if d.name not in DATASETS:
-        _fail("data.name", f"unknown dataset {d.name!r} (known: {', '.join(DATASETS)})")
-    if d.name == "imagefolder" and not d.uri:
-        _fail("data.uri", "the imagefolder dataset needs the path of its root folder")
-    if d.name == "digits" and (d.uri or d.valid_uri):
-        _fail("data.uri", "the embedded digits take no uri")
-    _positive("data.holdout_per_class", d.holdout_per_class)
-    if not 0 <= d.valid_fraction < 1:
-        _fail("data.valid_fraction", f"must be in [0, 1), got {d.valid_fraction}")
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Bring a YAML value to a field's type, rejecting what would silently change meaning (e.g. '1' for 1)."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            _fail(key, f"expected a mapping, got {value!r}")
-        return _build(hint, value, key + ".")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        return _coerce(key, next(a for a in args if a is not type(None)), value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            _fail(key, f"expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        if len(value) != len(args):
-            _fail(key, f"expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(key, t, v) for t, v in zip(args, value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(key, f"expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, f"expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            _fail(key, f"expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        _fail(prefix + unknown[0], f"unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML (``0.1``, ``true``, ``[0, 0.9]``)."""
-    out = _deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value, e.g. arch.lr=0.01")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ValueError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ValueError(f"{key}: {p!r} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def _deepcopy(d: dict) -> dict:
-    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
-
-
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """A search config from a mapping plus ``--set`` overrides; ``ValueError`` names the bad key."""
     if not isinstance(data, dict):
         raise ValueError(f"a search config must be a mapping, got {type(data).__name__}")
-    return _build(SearchConfig, apply_overrides(data, overrides))
-
-
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content (an empty file is ``{}``); ``ValueError`` naming the file when it is not YAML."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return build(SearchConfig, apply_overrides(data, overrides))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
-    """Read a YAML preset, apply ``--set`` overrides and validate; ``ValueError`` names the bad key."""
-    path = Path(path)
-    data = read_yaml(path)
-    try:
-        return config_from_dict(data, overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    """Read a YAML preset, apply ``--set`` overrides and validate; ``ValueError`` names the file and the bad key."""
+    return load(SearchConfig, path, overrides)

@@ -1,33 +1,44 @@
-"""``run_search``: the one-process search loop, with hooks so that a Ray Train wrapper stays thin.
+"""``run_search``: the search loop of one process (one rank), with hooks so that a Ray Train wrapper stays thin.
 
-The loop is a function of the state's counters only: the epoch's data order, every path and every held-out
-batch are drawn from generators seeded by (seed, counter), so resuming from ``state_dict`` replays exactly.
+The loop is a function of the state's counters only: every epoch's data order, every batch's augmentation,
+every path and every held-out batch are drawn from generators seeded by (seed, counter), so resuming from
+``state_dict`` replays exactly. Weight steps run on the training core shared with retraining (``train.core``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from orchestrator.data.feed import Feed
+from orchestrator.data.source import Splits, open_splits
 from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.profiles import latency_model
 from orchestrator.search.config import SearchConfig
-from orchestrator.search.sampling import batch_indices, generator
-from orchestrator.search.state import SearchState, alpha_fingerprint, fork_from_warmup, init_state, load_state_dict
-from orchestrator.search.steps import Sync, arch_step, weight_step
-from orchestrator.spaces import get_space
+from orchestrator.search.state import (
+    SearchState,
+    alpha_fingerprint,
+    fork_from_warmup,
+    init_state,
+    load_state_dict,
+    warmup_steps,
+)
+from orchestrator.search.steps import arch_step, weight_step
+from orchestrator.train.core import evaluate, metrics_window, read_window
+from orchestrator.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[SearchState, dict], None]
+AfterStep = Callable[[SearchState], None]
 Checkpoint = Callable[[SearchState], None]
 
 
@@ -49,6 +60,10 @@ class SearchResult:
     arch_steps: int
     alpha_fingerprint: str
     valid_accuracy: float | None
+    val_images: int = 0
+    device: str = "cpu"
+    world_size: int = 1
+    seconds: dict = field(default_factory=dict)  # per phase, each timed directly: warmup, weight, arch, data, eval
     curves: dict[str, list] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
@@ -57,32 +72,31 @@ class SearchResult:
 
 
 def resolve_latency(cfg: SearchConfig) -> LatencyModel:
-    """The latency model for the config's hardware; raised errors name the ``hardware`` key."""
+    """The latency model for the config's hardware on the searched space; raised errors name the ``hardware`` key."""
     try:
-        return latency_model(cfg.hardware, get_space(cfg.space), cfg.latency_table)
+        return latency_model(cfg.hardware, cfg.search_space, cfg.latency_table)
     except (ValueError, OSError) as e:
         raise ValueError(f"hardware: {e}") from None
 
 
-def _tensors(ds: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(ds, TensorDataset):
-        x, y = ds.tensors[:2]
-        return x[idx], y[idx]
-    items = [ds[int(i)] for i in idx]
-    return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+def open_data(cfg: SearchConfig) -> Splits:
+    """The task's splits, checked against the searched space (its classes) before any compute."""
+    space = cfg.search_space
+    return open_splits(cfg.data, space.resolution, space.num_classes, "search", f"space {space.name!r}")
 
 
-def _accumulate(window: dict, metrics: dict) -> None:
-    for k, v in metrics.items():
-        s, n = window.get(k, (0.0, 0))
-        window[k] = (s + float(v), n + 1)
+def local_batch(global_batch: int, world: int, key: str) -> int:
+    """Each rank's share of a global batch; ``ValueError`` when it does not split evenly."""
+    if global_batch % world:
+        raise ValueError(f"{key}: the global batch {global_batch} does not split evenly over {world} workers")
+    return global_batch // world
 
 
 def _curve_point(state: SearchState) -> dict:
     """Averages since the last point, plus α's state now."""
     row: dict[str, Any] = {"step": state.step, "epoch": state.step / state.steps_per_epoch,
                            "arch_step": state.arch_step, "phase": "search" if state.searching else "warmup"}
-    row.update({k: s / n for k, (s, n) in state.window.items()})
+    row.update(read_window(state.window))
     with torch.no_grad():
         row["expected_latency"] = state.latency.expected(state.logits.probs()).item()
         row["entropy"] = state.logits.entropy().item()
@@ -90,62 +104,86 @@ def _curve_point(state: SearchState) -> dict:
     return row
 
 
+class _Clock:
+    """Seconds per phase, each timed around its own work (after the device finished it)."""
+
+    def __init__(self, state: SearchState) -> None:
+        self.state, self.t = state, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.state.rt.on_gpu:
+            torch.cuda.synchronize(self.state.rt.device)
+        now = time.perf_counter()
+        self.state.seconds[phase] = self.state.seconds.get(phase, 0.0) + now - self.t
+        self.t = now
+
+
 def run_search(
     cfg: SearchConfig,
-    data: Any,
+    data: Splits | None = None,
     *,
-    sync: Sync | None = None,
+    rt: Runtime | None = None,
     on_step: OnStep | None = None,
+    after_step: AfterStep | None = None,
     checkpoint: Checkpoint | None = None,
     resume: dict | None = None,
     latency: LatencyModel | None = None,
     progress: bool = False,
-    shard: tuple[int, int] = (0, 1),
     warm_start: dict | None = None,
-    stop_at: int | None = None,
+    warmup_only: bool = False,
 ) -> SearchResult:
-    """Run (or continue, from a ``state_dict`` in ``resume``) a search on ``data`` (``.train``, ``.holdout`` and
-    optionally ``.valid`` datasets); ``on_step(state, row)`` gets every curve point, ``checkpoint(state)`` is
-    called every ``cfg.checkpoint_every`` weight steps and at the end.
+    """Run (or continue, from a ``state_dict`` in ``resume``) a search on ``data`` (opened from ``cfg.data`` when
+    not given) on the runtime ``rt`` (device, precision, ranks; default one process on the CPU).
 
-    ``shard=(rank, world)`` makes this one data-parallel rank: every rank draws the same global batches and
-    paths, and takes the batch items ``rank::world``; ``sync`` averages the gradients, so the update equals that
-    of the global batch.
+    ``on_step(state, row)`` gets every curve point, ``after_step(state)`` runs after every weight step (and its
+    architecture steps), ``checkpoint(state)`` every ``cfg.checkpoint_every`` weight steps and at the end. With
+    several ranks every rank samples the same paths from the same α and reads its own share of every global
+    batch; gradients are averaged, so α stays bit-identical.
 
     ``warm_start`` (a ``state_dict`` at the end of warm-up, of any hardware and target) forks a fresh search from a
-    shared warm-up; ``stop_at`` ends the loop early at that weight step (e.g. the end of warm-up)."""
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise ValueError(f"shard: rank {rank} is not in [0, {world})")
-    if world > min(cfg.weight.batch_size, cfg.arch.batch_size):
-        raise ValueError(f"weight.batch_size/arch.batch_size: smaller than the {world} workers sharing each batch")
+    shared warm-up; ``warmup_only`` ends the run at the end of warm-up (the state a sweep's searches fork from)."""
+    rt = rt or Runtime()
     latency = latency or resolve_latency(cfg)
-    spe = len(data.train) // cfg.weight.batch_size
-    state = init_state(cfg, latency, spe)
+    data = data or open_data(cfg)
+    pin = rt.on_gpu
+    train = cfg.data.feed(data.train, batch_size=local_batch(cfg.weight.batch_size, rt.world, "weight.batch_size"),
+                          rank=rt.rank, world=rt.world, stream="train", pin_memory=pin)
+    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(cfg.arch.batch_size, rt.world, "arch.batch_size"),
+                            rank=rt.rank, world=rt.world, stream="holdout", pin_memory=pin)
+    state = init_state(cfg, latency, train.batches_per_epoch, rt)
     if resume is not None:
         load_state_dict(state, resume)
         log.info("resumed at step %d (arch step %d)", state.step, state.arch_step)
     elif warm_start is not None:
         fork_from_warmup(state, warm_start)
         log.info("forked from the shared warm-up at step %d", state.step)
-    end = state.total_steps if stop_at is None else min(stop_at, state.total_steps)
-    n_train, n_hold = len(data.train), len(data.holdout)
-    perm_epoch, perm = -1, None
+    end = warmup_steps(state) if warmup_only else state.total_steps
+    train_it = train.stream(state.step)
+    hold_it = None  # opened at the first architecture step: warm-up reads no held-out image
     bar = tqdm(total=state.total_steps, initial=state.step, disable=not progress, desc="search", unit="step")
+    clock = _Clock(state)
     while state.step < end:
-        epoch, i = divmod(state.step, spe)
-        if epoch != perm_epoch:
-            perm, perm_epoch = torch.randperm(n_train, generator=generator(cfg.seed, "data", epoch)), epoch
-        b = cfg.weight.batch_size
-        metrics = weight_step(state, *_tensors(data.train, perm[i * b:(i + 1) * b][rank::world]), sync=sync)
-        # A run stopped at the end of warm-up (stop_at) leaves α untouched, so that searches can fork from it.
-        if state.searching and state.step % cfg.arch.update_every == 0 and (stop_at is None or state.step < stop_at):
+        x, y = rt.batch(*next(train_it))
+        clock.lap("data")
+        phase = "weight" if state.searching else "warmup"
+        metrics = weight_step(state, x, y)
+        clock.lap(phase)
+        # A warm-up-only run leaves α untouched, so that searches can fork from it.
+        if state.searching and state.step % cfg.arch.update_every == 0 and not warmup_only:
             for _ in range(cfg.arch.update_steps):
-                idx = batch_indices(n_hold, cfg.arch.batch_size, generator(cfg.seed, "holdout", state.arch_step))
-                metrics.update(arch_step(state, *_tensors(data.holdout, idx[rank::world]), sync=sync))
+                if hold_it is None:
+                    hold_it = holdout.stream(state.arch_step)
+                hx, hy = rt.batch(*next(hold_it))
+                clock.lap("data")
+                metrics.update(arch_step(state, hx, hy))
+                clock.lap("arch")
         metrics.pop("expected_latency", None)
-        _accumulate(state.window, metrics)
+        metrics_window(state.window, metrics)
         bar.update(1)
+        if after_step is not None:
+            after_step(state)
+        if len(state.paths) > 10_000:  # nobody checks them (one process): keep memory flat
+            state.paths.clear()
         if state.step % cfg.log_every == 0 or state.step == end:
             row = _curve_point(state)
             state.history.append(row)
@@ -154,30 +192,30 @@ def run_search(
                 on_step(state, row)
         if checkpoint is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             checkpoint(state)
+        clock.lap("other")
     bar.close()
     if checkpoint is not None and not (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
         checkpoint(state)
-    return make_result(state, getattr(data, "valid", None))
+    valid = cfg.data.feed(data.valid, batch_size=local_batch(cfg.weight.batch_size, rt.world, "weight.batch_size"),
+                          rank=rt.rank, world=rt.world, shuffle=False, stream="valid", pin_memory=pin)
+    return make_result(state, valid, clock)
 
 
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, ds: Dataset, batch: int = 256) -> float:
-    """Top-1 accuracy with batch-statistics BN (as the official search validates supernet paths)."""
-    net.train()
-    correct = 0
-    for s in range(0, len(ds), batch):
-        x, y = _tensors(ds, torch.arange(s, min(s + batch, len(ds))))
-        correct += int((net(x).argmax(1) == y).sum())
-    return correct / max(1, len(ds))
-
-
-def make_result(state: SearchState, valid: Dataset | None = None) -> SearchResult:
+def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | None = None) -> SearchResult:
+    """The derived architecture and α's state; the derived net (its supernet weights, batch-statistics BN as the
+    official search validates paths) evaluated once across ranks on the validation split."""
     arch = state.logits.derive()
     with torch.no_grad():
         probs = state.logits.probs()
         expected = state.latency.expected(probs).item()
         entropy = state.logits.entropy().item()
-    acc = evaluate(state.supernet.extract(arch), valid) if valid is not None and len(valid) else None
+    acc, n = None, 0
+    if valid is not None and len(valid.rows) > 0:  # collective: every rank evaluates its share
+        net = state.rt.module(state.supernet.extract(arch))
+        correct, n = evaluate(net, valid.epoch(0), state.rt, batch_stats=True)
+        acc = correct / n if n else None
+        if clock is not None:
+            clock.lap("eval")
     curves: dict[str, list] = {}
     for row in state.history:
         for k in row:
@@ -189,30 +227,12 @@ def make_result(state: SearchState, valid: Dataset | None = None) -> SearchResul
         arch=arch.encode(), hardware=state.latency.hardware, unit=state.latency.unit, target=state.cfg.target,
         expected_latency=expected, exact_latency=state.latency.exact(arch),
         candidates=tuple(op.encode() for op in state.space.candidates),
-        alpha=tuple(tuple(r) for r in state.logits.alpha.detach().tolist()),
-        probs=tuple(tuple(r) for r in probs.tolist()), entropy=entropy, steps=state.step,
-        arch_steps=state.arch_step, alpha_fingerprint=alpha_fingerprint(state), valid_accuracy=acc,
+        alpha=tuple(tuple(r) for r in state.logits.alpha.detach().cpu().tolist()),
+        probs=tuple(tuple(r) for r in probs.cpu().tolist()), entropy=entropy, steps=state.step,
+        arch_steps=state.arch_step, alpha_fingerprint=alpha_fingerprint(state), valid_accuracy=acc, val_images=n,
+        device=str(state.rt.device), world_size=state.rt.world, seconds=dict(state.seconds),
         curves=curves, config=state.cfg.to_dict(),
     )
-
-
-def load_data(cfg: SearchConfig) -> Any:
-    """The three splits a search runs on, as map-style datasets (``.train``, ``.holdout``, ``.valid``): the embedded
-    digits, or an ImageFolder tree (ImageNet) with its seeded per-class held-out split and standard transforms.
-    Every rank builds the same splits; ``run_search(shard=...)`` then gives each rank its part of every batch."""
-    space = get_space(cfg.space)
-    if cfg.data.name == "digits":
-        from orchestrator.data.digits import digits_splits
-
-        return digits_splits(space.resolution, seed=cfg.data.seed, holdout_per_class=cfg.data.holdout_per_class,
-                             valid_fraction=cfg.data.valid_fraction)
-    from orchestrator.data.source import DataConfig as Source
-    from orchestrator.data.source import folder_parts
-
-    return folder_parts(Source(kind="imagefolder", uri=cfg.data.uri, valid_uri=cfg.data.valid_uri,
-                               resolution=space.resolution, holdout_per_class=cfg.data.holdout_per_class,
-                               valid_fraction=cfg.data.valid_fraction, seed=cfg.data.seed,
-                               num_classes=space.num_classes))
 
 
 def save_checkpoint(state: SearchState, path: str | Path) -> None:

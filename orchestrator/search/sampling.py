@@ -40,11 +40,11 @@ def sample_pairs(probs: torch.Tensor, gen: torch.Generator) -> list[tuple[int, .
             out.append((int(row.argmax()),))
             continue
         i, j = torch.multinomial(row, 2, replacement=False, generator=gen).tolist()
-        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        u = float(torch.rand((), generator=gen, dtype=torch.float64, device="cpu"))
         out.append((i, j) if u * (row[i] + row[j]) < row[i] else (j, i))
     return out
 
 
 def batch_indices(n: int, batch: int, gen: torch.Generator) -> torch.Tensor:
     """``batch`` distinct indices of ``n`` items (all of them, shuffled, if ``n`` is smaller)."""
-    return torch.randperm(n, generator=gen)[: min(batch, n)]
+    return torch.randperm(n, generator=gen, device="cpu")[: min(batch, n)]

@@ -1,14 +1,15 @@
 """All search state in one checkpointable object, and its (de)serialisation.
 
-``SearchState`` holds the supernet, α, both optimisers, the step counters, the REINFORCE baseline, the curve
-accumulators and the global torch RNG; learning rates are a pure function of the step counter, so the schedule
-needs no state of its own. ``state_dict``/``load_state_dict`` round-trip it bit for bit.
+``SearchState`` holds the supernet and its weight ``Trainer`` (the training core shared with retraining), α and
+its optimiser, the step counters, the REINFORCE baseline, the curve accumulators and the runtime (device,
+precision, ranks). Learning rates are a pure function of the step counter and every random choice of the
+search a pure function of (seed, stream, counter), so a checkpoint needs no scheduler state. Each rank's own
+random state (dropout, augmentation in this process) is saved and restored per rank.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,12 +17,15 @@ import torch
 from orchestrator.latency.model import LatencyModel
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.sampling import generator
-from orchestrator.spaces import SearchSpace, get_space
+from orchestrator.spaces import SearchSpace
 from orchestrator.supernet import ArchLogits, Supernet
+from orchestrator.train.core import CHECKPOINT_VERSION, Trainer, cosine_lr, plain_window, sgd
+from orchestrator.train.runtime import Runtime, average_bn_stats, rng_state, set_rng_state
 
-STATE_VERSION = 1
+STATE_VERSION = CHECKPOINT_VERSION
 # Keys that may differ between a checkpoint and the config resuming it (they change no computed value).
 _RESUME_FREE_KEYS = ("log_every", "checkpoint_every")
+_RESUME_FREE_DATA = ("workers", "prefetch", "mp_context", "endpoint", "uri", "valid_uri")
 
 
 @dataclass
@@ -33,14 +37,21 @@ class SearchState:
     latency: LatencyModel
     supernet: Supernet
     logits: ArchLogits
-    weight_opt: torch.optim.SGD
+    trainer: Trainer
     arch_opt: torch.optim.Adam
     steps_per_epoch: int
+    rt: Runtime = field(default_factory=Runtime)
     step: int = 0  # weight steps done
     arch_step: int = 0  # architecture steps done
     baseline: float | None = None  # REINFORCE moving-average baseline
     window: dict = field(default_factory=dict)  # sums since the last curve point
     history: list[dict] = field(default_factory=list)  # curve points
+    seconds: dict = field(default_factory=lambda: {"warmup": 0.0, "weight": 0.0, "arch": 0.0, "eval": 0.0})
+    paths: list = field(default_factory=list)  # paths sampled since the last consistency check (not saved)
+
+    @property
+    def weight_opt(self) -> torch.optim.Optimizer:
+        return self.trainer.opt
 
     @property
     def epoch(self) -> int:
@@ -56,11 +67,13 @@ class SearchState:
         return self.epoch >= self.cfg.warmup_epochs
 
 
-def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int) -> SearchState:
-    """A fresh search: supernet and α initialised from the seed alone, without touching the global RNG."""
-    space = get_space(cfg.space)
+def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int, rt: Runtime | None = None) -> SearchState:
+    """A fresh search: supernet and α initialised from the seed alone (on the CPU, so every device and every
+    rank starts from the same bits), then moved to the runtime's device."""
+    rt = rt or Runtime()
+    space = cfg.search_space
     if latency.space != space:
-        raise ValueError(f"hardware: latency model is for space {latency.space.name!r}, config names {cfg.space!r}")
+        raise ValueError(f"hardware: latency model is for space {latency.space.name!r}, config names {space.name!r}")
     if steps_per_epoch < 1:
         raise ValueError("weight.batch_size: larger than the weight-training split, so an epoch has no step")
     with torch.random.fork_rng(devices=[]):
@@ -68,13 +81,15 @@ def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int) -
         supernet = Supernet(space)
     logits = ArchLogits(space)
     with torch.no_grad():
-        init = torch.randn(logits.alpha.shape, generator=generator(cfg.seed, "alpha-init", 0))
+        init = torch.randn(logits.alpha.shape, generator=generator(cfg.seed, "alpha-init", 0), device="cpu")
         logits.alpha.copy_(init * cfg.arch.init_std)
+    supernet = rt.module(supernet)
+    logits = logits.to(rt.device)
     w, a = cfg.weight, cfg.arch
-    weight_opt = torch.optim.SGD(supernet.parameters(), lr=w.lr, momentum=w.momentum, nesterov=w.nesterov,
-                                 weight_decay=w.weight_decay)
+    trainer = Trainer(supernet, sgd(supernet, w.lr, w.momentum, w.nesterov, w.weight_decay, w.no_decay_bn), rt,
+                      w.label_smoothing)
     arch_opt = torch.optim.Adam([logits.alpha], lr=a.lr, betas=a.betas, eps=a.eps, weight_decay=a.weight_decay)
-    return SearchState(cfg, space, latency, supernet, logits, weight_opt, arch_opt, steps_per_epoch)
+    return SearchState(cfg, space, latency, supernet, logits, trainer, arch_opt, steps_per_epoch, rt)
 
 
 def weight_lr(cfg: SearchConfig, step: int, steps_per_epoch: int) -> float:
@@ -82,35 +97,57 @@ def weight_lr(cfg: SearchConfig, step: int, steps_per_epoch: int) -> float:
     search epochs from ``lr`` (the official schedule: two phases, each annealed to 0)."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
-        return 0.5 * cfg.weight.warmup_lr * (1 + math.cos(math.pi * step / warm))
-    total = (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch
-    return 0.5 * cfg.weight.lr * (1 + math.cos(math.pi * (step - warm) / total))
+        return cosine_lr(cfg.weight.warmup_lr, step, warm)
+    return cosine_lr(cfg.weight.lr, step - warm, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch)
+
+
+def _cpu(obj):
+    """Tensors of a (nested) state on the CPU, detached and cloned: a checkpoint loads on any device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu").clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def state_dict(state: SearchState) -> dict:
-    """Everything needed to continue the search exactly, as tensors and plain Python values (``torch.save``-able)."""
+    """Everything needed to continue the search exactly, as tensors and plain Python values (loads with
+    ``weights_only=True``). Collective: every rank calls it; BN statistics are averaged across ranks first and
+    every rank's random state is gathered, so rank 0's copy describes the whole group."""
+    from orchestrator.provenance import provenance
+
+    average_bn_stats(state.supernet, state.rt.comm)
+    rngs = state.rt.comm.gather(_cpu(rng_state(state.rt.device)))
     return {
         "version": STATE_VERSION,
+        "kind": "search",
         "config": state.cfg.to_dict(),
+        "space": state.space.name,
         "space_fingerprint": state.space.fingerprint(),
+        "hardware": state.latency.hardware,
         "steps_per_epoch": state.steps_per_epoch,
-        "supernet": {k: v.detach().clone() for k, v in state.supernet.state_dict().items()},
-        "alpha": state.logits.alpha.detach().clone(),
-        "weight_opt": state.weight_opt.state_dict(),
-        "arch_opt": state.arch_opt.state_dict(),
+        "world_size": state.rt.world,
+        "supernet": _cpu(state.supernet.state_dict()),
+        "alpha": _cpu(state.logits.alpha),
+        "weight_opt": _cpu(state.weight_opt.state_dict()),
+        "arch_opt": _cpu(state.arch_opt.state_dict()),
         "step": state.step,
         "arch_step": state.arch_step,
         "baseline": state.baseline,
-        "window": dict(state.window),
+        "window": plain_window(state.window),
         "history": [dict(h) for h in state.history],
-        "torch_rng": torch.get_rng_state(),
+        "seconds": dict(state.seconds),
+        "rng": rngs,
+        "provenance": provenance(),
     }
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b)):
-        if not prefix and k in _RESUME_FREE_KEYS:
+        if not prefix and k in _RESUME_FREE_KEYS or prefix == "data." and k in _RESUME_FREE_DATA:
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
@@ -121,23 +158,30 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _check_compatible(state: SearchState, saved: dict) -> None:
-    if saved.get("version") != STATE_VERSION:
-        raise ValueError(f"checkpoint version {saved.get('version')!r} is not {STATE_VERSION}")
+    if saved.get("version") != STATE_VERSION or saved.get("kind") != "search":
+        raise ValueError(f"checkpoint is not a search state of format {STATE_VERSION} (version "
+                         f"{saved.get('version')!r}, kind {saved.get('kind')!r})")
     if saved["space_fingerprint"] != state.space.fingerprint():
-        space = saved.get("config", {}).get("space", "?")
-        raise ValueError(f"checkpoint is of space {space!r} (fingerprint {saved['space_fingerprint']}), "
-                         f"not {state.space.name!r} ({state.space.fingerprint()})")
+        raise ValueError(f"checkpoint is of space {saved.get('space', '?')!r} (fingerprint "
+                         f"{saved['space_fingerprint']}), not {state.space.name!r} ({state.space.fingerprint()})")
     if saved["steps_per_epoch"] != state.steps_per_epoch:
-        raise ValueError(f"checkpoint has {saved['steps_per_epoch']} steps per epoch, data gives {state.steps_per_epoch}")
+        raise ValueError(f"checkpoint has {saved['steps_per_epoch']} steps per epoch, data and workers give "
+                         f"{state.steps_per_epoch} (another dataset, batch size or worker count)")
 
 
 def _load_weights(state: SearchState, saved: dict) -> None:
+    dev = state.rt.device
     state.supernet.load_state_dict(saved["supernet"])
     state.weight_opt.load_state_dict(saved["weight_opt"])
     state.step = saved["step"]
-    state.window = dict(saved["window"])
+    state.window = {k: (float(s), int(n)) for k, (s, n) in saved["window"].items()}
     state.history = [dict(h) for h in saved["history"]]
-    torch.set_rng_state(saved["torch_rng"])
+    state.seconds = dict(saved.get("seconds", state.seconds))
+    rngs = saved["rng"]
+    if len(rngs) == state.rt.world:
+        set_rng_state(rngs[state.rt.rank], dev)
+    else:  # another world size: weights, α and optimisers are exact; later random draws are new
+        torch.manual_seed(hash((state.cfg.seed, state.step, state.rt.rank)) & 0xFFFFFFFF)
 
 
 def load_state_dict(state: SearchState, saved: dict) -> None:
@@ -178,3 +222,12 @@ def alpha_fingerprint(state: SearchState) -> str:
     """sha256 of α's bytes: equal on every rank iff the architecture parameters are bit-identical."""
     a = state.logits.alpha.detach().to("cpu").contiguous()
     return hashlib.sha256(a.numpy().tobytes()).hexdigest()
+
+
+def path_fingerprint(paths: list) -> str:
+    """sha256 of the paths a rank sampled since the last check: equal on every rank iff they sampled alike."""
+    return hashlib.sha256(repr(paths).encode()).hexdigest()
+
+
+__all__ = ["SearchState", "init_state", "weight_lr", "state_dict", "load_state_dict", "fork_from_warmup",
+           "alpha_fingerprint", "path_fingerprint", "warmup_steps"]

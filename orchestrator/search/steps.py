@@ -1,8 +1,9 @@
 """The two steps of ProxylessNAS as small functions of explicit state.
 
-Each takes an optional ``sync(tensors)`` that averages a list of gradient tensors in place across workers; it is
-called after backward and before the optimiser step, on (a) the active path's weight gradients and (b) α's
-gradient. The default does nothing, which is the one-process search.
+Gradients are averaged across data-parallel ranks by the state's runtime (``state.rt.comm``) after backward and
+before the optimiser step: the active path's weight gradients inside the training core's step, α's gradient
+here. One process is rank 0 of 1, where averaging is the identity. Every tensor a step creates lives on the
+device of the batch it is given.
 """
 
 from __future__ import annotations
@@ -32,33 +33,22 @@ def no_sync(tensors: list[torch.Tensor]) -> None:
 def weight_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *, sync: Sync | None = None) -> dict:
     """One SGD step on one path sampled from softmax(α); only that path's weights get gradients and move.
 
-    Inactive candidates keep ``grad is None`` (``zero_grad(set_to_none=True)``), which torch's SGD skips entirely,
-    so neither momentum nor weight decay moves them.
-    """
-    net, opt = state.supernet, state.weight_opt
+    The step itself is the training core's (``Trainer.step``, shared with retraining), given the sampled path as
+    its forward function; ``images`` and ``labels`` are on the runtime's device. ``sync`` is unused here: the
+    trainer's runtime averages gradients across ranks."""
     path = sample_path(state.logits.probs().detach(), generator(state.cfg.seed, "path", state.step))
+    state.paths.append(("w", state.step, tuple(path)))
     lr = weight_lr(state.cfg, state.step, state.steps_per_epoch)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    net.train()
-    opt.zero_grad(set_to_none=True)
-    out = net(images, path)
-    loss = F.cross_entropy(out, labels, label_smoothing=state.cfg.weight.label_smoothing)
-    loss.backward()
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    (sync or no_sync)(grads)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    metrics = state.trainer.step(images, labels, lr, forward=lambda x: state.supernet(x, path))
     state.step += 1
-    acc = (out.detach().argmax(1) == labels).float().mean().item()
-    return {"loss": loss.item(), "acc": acc, "lr": lr}
+    return {**metrics, "lr": lr}
 
 
 def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, sync: Sync | None) -> torch.Tensor:
     """Set α's gradient, all-reduce it, take the Adam step; returns α before the step (for the rescale)."""
     alpha = state.logits.alpha
     alpha.grad = grad.masked_fill(~state.logits.mask, 0.0).contiguous()
-    (sync or no_sync)([alpha.grad])
+    (sync or state.rt.comm.mean_)([alpha.grad])
     before = alpha.detach().clone()
     state.arch_opt.step()
     state.arch_opt.zero_grad(set_to_none=True)
@@ -77,10 +67,13 @@ def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tenso
     cfg, alpha = state.cfg, state.logits.alpha
     probs = state.logits.probs()
     pairs = sample_pairs(probs, generator(cfg.seed, "pair", state.arch_step))
-    gates = [torch.zeros(len(p)).index_fill_(0, torch.tensor([0]), 1.0).requires_grad_() for p in pairs]
+    state.paths.append(("a", state.arch_step, tuple(pairs)))
+    gates = [torch.zeros(len(p), device=images.device).index_fill_(0, torch.tensor([0], device=images.device), 1.0)
+             .requires_grad_() for p in pairs]
     state.supernet.train()
-    out = state.supernet(images, pairs, gates)
-    ce = F.cross_entropy(out, labels)
+    with state.rt.precision.autocast(state.rt.device):
+        out = state.supernet(images, pairs, gates)
+    ce = F.cross_entropy(out.float(), labels)
     expected = state.latency.expected(probs)
     loss = regularized_loss(ce, expected, cfg.target, cfg.arch)
     grads = torch.autograd.grad(loss, [alpha, *gates], allow_unused=True)
@@ -90,8 +83,8 @@ def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tenso
     if cfg.arch.rescale:
         rescale_pairs(alpha.data, before, pairs)
     state.arch_step += 1
-    acc = (out.detach().argmax(1) == labels).float().mean().item()
-    return {"arch_loss": loss.item(), "arch_ce": ce.item(), "arch_acc": acc, "expected_latency": expected.item()}
+    acc = (out.detach().argmax(1) == labels).float().mean()
+    return {"arch_loss": loss.detach(), "arch_ce": ce.detach(), "arch_acc": acc, "expected_latency": expected.detach()}
 
 
 def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
@@ -104,16 +97,18 @@ def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
     costs, fixed = state.latency.costs, state.latency.fixed
     rewards, logps, accs = [], [], []
     state.supernet.train()
+    dev = images.device
     for _ in range(a.rl_samples):
         path = sample_path(probs, gen)
-        with torch.no_grad():
+        state.paths.append(("r", state.arch_step, tuple(path)))
+        with torch.no_grad(), state.rt.precision.autocast(dev):
             acc = (state.supernet(images, path).argmax(1) == labels).float().mean().item()
         rewards.append(rl_reward(acc, path_latency(costs, fixed, path), cfg.target, a.rl_tradeoff))
-        logps.append(logp_all[torch.arange(len(path)), torch.tensor(path)].sum())
+        logps.append(logp_all[torch.arange(len(path), device=dev), torch.tensor(path, device=dev)].sum())
         accs.append(acc)
     # The baseline must stay identical on every rank, so it moves with the all-reduced mean reward.
-    mean_t = torch.tensor([sum(rewards) / len(rewards)], dtype=torch.float64)
-    (sync or no_sync)([mean_t])
+    mean_t = torch.tensor([sum(rewards) / len(rewards)], dtype=torch.float64, device=dev)
+    (sync or state.rt.comm.mean_)([mean_t])
     mean_reward = float(mean_t.item())
     baseline = mean_reward if state.baseline is None else state.baseline
     loss = -sum((r - baseline) * lp for r, lp in zip(rewards, logps)) / len(rewards)

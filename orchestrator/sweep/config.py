@@ -18,7 +18,7 @@ from typing import Any
 
 
 from orchestrator.cluster_checks import check_worker_shape
-from orchestrator.retrain import RetrainRecipe
+from orchestrator.retrain import RetrainConfig, retrain_config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,14 @@ class SweepConfig:
     seeds: tuple[int, ...] = ()  # empty: the base config's seed; each seed has its own shared warm-up
     workers_per_trial: int = 1
     cpus_per_worker: float = 0.5
+    use_gpu: bool = False  # one GPU per Train worker, for the warm-up, every trial's search and its retrain
+    allow_autoscale: bool = False  # the cluster autoscales: do not refuse workers its nodes cannot host yet
     max_concurrent_trials: int = 2
     storage: str = "runs/sweeps"  # local path (one node), NFS or s3://bucket/prefix
     tracking_uri: str | None = None
     shared_warmup: bool = True  # False: every trial pays its own warm-up (the benchmark's baseline)
-    retrain: RetrainRecipe | None = field(default_factory=RetrainRecipe)  # None: search and measure only
+    retrain: RetrainConfig | None = field(default_factory=RetrainConfig)  # None: search and measure only; its data
+    # defaults to the search's data section (retrain on the data the search ran on)
     measure_repeats: int | None = None  # whole-network timing repeats (default: the table's own)
 
     def __post_init__(self) -> None:
@@ -106,9 +109,9 @@ class SweepConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["retrain"] = dataclasses.asdict(self.retrain) if self.retrain else None
-        return d
+        from orchestrator.config import to_dict
+
+        return to_dict(self)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -150,9 +153,9 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
     return HardwareGrid(hardware=hw, table=table, **kwargs)
 
 
-_SCALARS = {"name": str, "search": str, "workers_per_trial": int, "cpus_per_worker": float,
-            "max_concurrent_trials": int, "storage": str, "tracking_uri": str, "shared_warmup": bool,
-            "measure_repeats": int}
+_SCALARS = {"name": str, "search": str, "workers_per_trial": int, "cpus_per_worker": float, "use_gpu": bool,
+            "allow_autoscale": bool, "max_concurrent_trials": int, "storage": str, "tracking_uri": str,
+            "shared_warmup": bool, "measure_repeats": int}
 
 
 def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> SweepConfig:
@@ -195,9 +198,35 @@ def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> Swee
     if not isinstance(seeds, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds: expected a list of integers, got {seeds!r}")
     kwargs["seeds"] = tuple(seeds)
-    if "retrain" in data:
-        kwargs["retrain"] = None if data["retrain"] is None else RetrainRecipe.from_dict(data["retrain"])
-    return SweepConfig(**kwargs)
+    retrain = data.get("retrain", {})
+    if isinstance(retrain, str):  # a retrain config file, e.g. retrain-imagenet.yaml
+        from orchestrator.config import read_yaml
+
+        path = Path(_resolve_path(retrain, base_dir))
+        retrain = read_yaml(path)
+        retrain = retrain.get("retrain", retrain) if isinstance(retrain, dict) else retrain
+        if not isinstance(retrain, dict):
+            raise ValueError(f"retrain: {path} is not a retrain config mapping")
+    if retrain is not None and not isinstance(retrain, dict):
+        raise ValueError(f"retrain: expected a mapping, a retrain config file or null, got {retrain!r}")
+    sweep = SweepConfig(**kwargs, retrain=None)
+    if retrain is not None:
+        sweep = sweep.replace(retrain=retrain_config_from_dict({**retrain, "data": _retrain_data(sweep, retrain)}))
+    return sweep
+
+
+_RETRAIN_OWN_DATA_KEYS = ("color_jitter", "workers", "prefetch", "mp_context")
+
+
+def _retrain_data(sweep: SweepConfig, retrain: dict) -> dict:
+    """A sweep retrains every net on the data its search ran on: the data source comes from the search config;
+    only the retrain's own colour distortion (default: strong, as the official retraining) and loader settings
+    are kept from its section."""
+    own = retrain.get("data") or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"retrain.data: expected a mapping, got {own!r}")
+    search = base_config(sweep).data.to_dict()
+    return {**search, "color_jitter": None, **{k: v for k, v in own.items() if k in _RETRAIN_OWN_DATA_KEYS}}
 
 
 def _resolve_path(p: str, base_dir: Path) -> str:
@@ -209,7 +238,7 @@ def _resolve_path(p: str, base_dir: Path) -> str:
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep YAML, apply ``--set key=value`` overrides, validate; ``ValueError`` names the bad key."""
-    from orchestrator.search.config import apply_overrides, read_yaml
+    from orchestrator.config import apply_overrides, read_yaml
 
     path = Path(path)
     data = read_yaml(path)

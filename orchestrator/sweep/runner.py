@@ -88,6 +88,7 @@ def _run_warmups(sweep: SweepConfig, cfg, uri: str, meta: dict, write, seeds: li
             total += done["worker_seconds"]
             continue
         spec = RunSpec(num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
+                       use_gpu=sweep.use_gpu, allow_autoscale=sweep.allow_autoscale,
                        storage_path=f"{meta['storage']}/searches", name=f"warmup-s{seed}", tracking_uri=uri,
                        experiment=sweep.name, parent_run_id=meta["parent_run_id"], warmup_only=True,
                        tags=(("nas.kind", "warmup"), ("nas.sweep", sweep.name),
@@ -136,10 +137,11 @@ def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
 
 def check_cluster(sweep: SweepConfig) -> None:
     """Resources a trial needs at once must exist (Ray Train retries an unplaceable worker group forever)."""
-    from orchestrator.cluster_checks import check_resources
+    from orchestrator.cluster_checks import check_resources, per_worker_resources
     from orchestrator.sweep.measure import check_hardware_available
 
-    check_resources(sweep.workers_per_trial, {"CPU": sweep.cpus_per_worker})
+    check_resources(sweep.workers_per_trial, per_worker_resources(sweep.cpus_per_worker, sweep.use_gpu),
+                    sweep.allow_autoscale)
     for g in sweep.grid:
         check_hardware_available(g.hardware)
 
@@ -172,8 +174,9 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
                "warmups": meta["warmups"] if sweep.shared_warmup else {},
                "tables": {g.hardware: g.table for g in sweep.grid if g.table}, "workers": sweep.workers_per_trial,
                "cpus_per_worker": sweep.cpus_per_worker, "measure_repeats": sweep.measure_repeats,
+               "use_gpu": sweep.use_gpu, "allow_autoscale": sweep.allow_autoscale,
                "trials_per_warmup": max(1, n_trials // max(1, len(seeds))), "default_seed": cfg.seed,
-               "retrain": dataclasses.asdict(sweep.retrain) if sweep.retrain else None}
+               "retrain": sweep.retrain.to_dict() if sweep.retrain else None}
         space, samples = _param_space(sweep, points, ctx)
         tuner, restored = _tuner(sweep, space, samples, loc)
         grid = tuner.fit()

@@ -43,7 +43,7 @@ def sweep_trial(config: dict) -> None:
 
     from orchestrator import tracking
     from orchestrator.distributed import RunSpec, run_distributed_search
-    from orchestrator.retrain import RetrainRecipe, RetrainSpec, run_retrain
+    from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
     from orchestrator.search.config import config_from_dict
     from orchestrator.sweep.measure import measure_latency
 
@@ -55,8 +55,8 @@ def sweep_trial(config: dict) -> None:
     cfg = config_from_dict(ctx["search"]).replace(hardware=hw, target=target, seed=seed, latency_table=table)
     warm = ctx["warmups"].get(str(seed))  # None when every trial pays its own warm-up
     lineage = {"nas.sweep": ctx["name"], "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
-    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
-                   storage_path=f"{ctx['storage']}/searches", name=f"search-{key}", tracking_uri=uri,
+    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+                   allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/searches", name=f"search-{key}", tracking_uri=uri,
                    experiment=experiment, parent_run_id=parent, warm_start=warm["state_uri"] if warm else None,
                    tags=tuple({**lineage, "nas.warm_start": warm["state_uri"] if warm else "",
                                "nas.warmup_run_id": warm["run_id"] if warm else ""}.items()))
@@ -74,11 +74,11 @@ def sweep_trial(config: dict) -> None:
     if ctx["retrain"] is not None:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method}
-        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
-                            storage_path=f"{ctx['storage']}/retrains", name=f"retrain-{key}", tracking_uri=uri,
+        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains", name=f"retrain-{key}", tracking_uri=uri,
                             experiment=experiment, parent_run_id=res.run_id, tags=tuple(tags.items()))
         before = res.worker_seconds + warm_share + lat.seconds
-        rt = run_retrain(arch, RetrainRecipe(**ctx["retrain"]), rspec, callbacks=(TuneReportCallback(),),
+        rt = run_retrain(arch, retrain_config_from_dict(ctx["retrain"]), rspec, callbacks=(TuneReportCallback(),),
                          extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
                                         "target": target, **cost},
                          extra_files={"latency.json": lat.to_json()})
