@@ -136,16 +136,9 @@ def _load_search(source: str, tracking_uri: str | None) -> tuple[dict, str]:
 
 def _load_state(path: Path) -> dict:
     """A search checkpoint, loaded as tensors and plain values only (``weights_only=True``)."""
-    import pickle
+    from orchestrator.state_io import load_state
 
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a search checkpoint that loads with torch.load(weights_only=True) "
-                         f"({type(e).__name__})") from None
-    return state
+    return load_state(path, "search checkpoint")
 
 
 def _load_mlflow(run_id: str, tracking_uri: str | None) -> tuple[dict, str]:
@@ -186,10 +179,8 @@ def _space_of(record: dict, where: str):
         if record.get("arch"):
             space = get_space(Arch.parse(str(record["arch"])).space)
         else:
-            space = get_space(str(cfg.get("space")))
-            nc, res = cfg.get("num_classes"), cfg.get("resolution")
-            if nc is not None or res is not None:
-                space = space.variant(num_classes=nc, resolution=res)
+            space = get_space(str(cfg.get("space"))).variant(cfg.get("num_classes"), cfg.get("resolution"),
+                                                                cfg.get("width_mult"))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     fp = record.get("space_fingerprint")
