@@ -154,6 +154,25 @@ def worker_runtime(use_gpu: bool, precision: str, channels_last: bool, threads: 
     return Runtime(device=device, precision=Precision(precision, channels_last), comm=DistComm())
 
 
+class RankZeroBar:
+    """Rank 0's progress bar, drawn on the driver's console by Ray (``ray.experimental.tqdm_ray``)."""
+
+    def __init__(self, total: int, done: int, desc: str) -> None:
+        from ray.experimental.tqdm_ray import tqdm
+
+        self.bar, self.desc = tqdm(desc=desc, total=total, unit="step"), desc
+        self.bar.update(done)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.bar.set_description(f"{self.desc} " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def restored_state(file: str, what: str) -> dict | None:
     """The state in this run's latest reported checkpoint (``weights_only``), or None on a fresh start."""
     import ray.train
@@ -217,7 +236,8 @@ def train_loop_per_worker(config: dict) -> dict:
         report_checkpoint(metrics, files if rank == 0 else None)
 
     result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint, resume=resume,
-                        latency=resolve_latency(cfg), warm_start=warm, warmup_only=spec.warmup_only)
+                        latency=resolve_latency(cfg), warm_start=warm, warmup_only=spec.warmup_only,
+                        progress=RankZeroBar if rank == 0 else False)
     out = result.to_dict()
     out["rank_fingerprints"] = rt.comm.gather(result.alpha_fingerprint)
     out["rank_archs"] = rt.comm.gather(result.arch)
@@ -331,9 +351,11 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     from orchestrator.provenance import provenance
     from orchestrator.ray_session import ray_session
     from orchestrator.search import open_data, resolve_latency
+    from orchestrator.search.driver import search_feeds
 
     latency = resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
     data = open_data(cfg)  # so does data that does not fit the space (its classes), or that is not there
+    search_feeds(cfg, data, 0, spec.num_workers)  # and batches that do not split over the workers
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
