@@ -15,7 +15,14 @@ import torch
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.latency.calibrate import CALIBRATION, VALIDATION, CalibrationConfig, arch_macs, spread_archs
+from orchestrator.latency.calibrate import (
+    CALIBRATION,
+    VALIDATION,
+    CalibrationConfig,
+    arch_macs,
+    spread_archs,
+    validation_metrics,
+)
 from orchestrator.latency.hardware import parse_profile
 from orchestrator.latency.measure import MeasureConfig, default_config
 from orchestrator.latency.official import import_proxyless_yaml
@@ -159,7 +166,7 @@ def test_cli_import_to_s3_and_predict(s3_env, reference_dir, capsys):
 # ---- measurement --------------------------------------------------------------------------------------------------
 def test_build_and_validate_tiny_table_locally():
     cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0, min_rounds=4, max_rounds=4)
-    table = build_table(TINY, parse_profile("cpu-test"), cfg, use_ray=False)
+    table = build_table(TINY, parse_profile("cpu-test"), cfg, use_ray=False, calibration=None)
     p = table.provenance
     assert (p.space, p.space_fingerprint, p.body_fingerprint, p.resolution, p.batch_size, p.threads) == (
         "tiny", TINY.fingerprint(), TINY.body_fingerprint(), 16, 1, 1)
@@ -180,6 +187,7 @@ def test_calibrated_table_round_trips_with_provenance(calibrated_tiny, tmp_path)
     for key in ("within_10pct", "spearman", "mape", "drift"):
         assert math.isfinite(val[key]), key
     assert {"median_gap", "within_10pct", "spearman"} <= set(val["noise_floor"]) and "plain" in val
+    assert {"whole_pass", "whole_pass_noise_floor", "plain_whole_pass", "unscaled"} <= set(val)
     # every entry keeps its plain measurement beside the calibrated value; the two models differ
     assert all(e.plain_ms is not None for e in t.entries.values())
     assert t.to_model().costs != t.to_model(plain=True).costs
@@ -187,6 +195,10 @@ def test_calibrated_table_round_trips_with_provenance(calibrated_tiny, tmp_path)
     assert back.provenance == t.provenance and back.entries == t.entries
     assert back.to_model().costs == t.to_model().costs and back.to_model().provenance["validation"] == val
     assert back.to_model(plain=True).fixed == t.to_model(plain=True).fixed
+    # what a search logs beside its results
+    metrics = validation_metrics(back.to_model().provenance)
+    assert metrics["latency_model_samples"] == 6 and metrics["latency_calibration_networks"] == 8
+    assert metrics["latency_model_within_10pct"] == val["within_10pct"] and "latency_plain_spearman" in metrics
 
 
 def test_held_out_networks_are_disjoint_logged_and_spread(calibrated_tiny):

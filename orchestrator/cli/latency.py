@@ -162,12 +162,14 @@ def predict(table_uri: str, arch: str, as_json: bool, plain: bool, endpoint: str
 @click.option("--samples", type=int, default=30, show_default=True, help="Held-out networks to measure.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Held-out networks' seed (must differ from the table's calibration seed).")
+@click.option("--uniform", is_flag=True,
+              help="Draw the networks uniformly (a narrow latency range) instead of spread across the range.")
 @click.option("--record", is_flag=True, help="Write the figures into the table's provenance (replaces the table).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every sample.")
 @click.option("--local", "local", is_flag=True, help="Measure in this process instead of as Ray tasks.")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
-def validate(table_uri: str, samples: int, seed: int, record: bool, as_json: bool, local: bool,
+def validate(table_uri: str, samples: int, seed: int, uniform: bool, record: bool, as_json: bool, local: bool,
              address: str | None, endpoint: str | None) -> None:
     """Measure held-out whole networks on the table's hardware; score the table and its plain entries."""
     import contextlib
@@ -180,7 +182,7 @@ def validate(table_uri: str, samples: int, seed: int, record: bool, as_json: boo
     table.to_model()
     config_of(table)
     with contextlib.nullcontext() if local else ray_session(address):
-        v = validate_table(table, samples, seed, not local)
+        v = validate_table(table, samples, seed, not local, spread=not uniform)
     if record:
         table.with_provenance(validation=v).save(table_uri, endpoint)
     p = table.provenance

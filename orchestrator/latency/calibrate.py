@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +92,18 @@ def spread_archs(space: SearchSpace, n: int, seed: int, role: str, exclude: Sequ
     """``n`` distinct networks spread over the space's latency range, from the stream named ``role:seed``.
 
     Each candidate draw has its own tilt in [-tilt, tilt] towards small or large ops; a pool of 4n is thinned to
-    n evenly spaced MAC quantiles. Networks in ``exclude`` (architecture strings) are never drawn."""
+    n evenly spaced MAC quantiles. Networks in ``exclude`` (architecture strings) are never drawn. ``tilt=0``
+    draws uniformly (every allowed candidate equally likely: the narrow middle of the range a search starts in),
+    with the pool thinned the same way."""
     if n < 1:
         return []
-    rng = random.Random(f"{role}:{seed}")
+    rng = random.Random(f"{role}:{seed}" if tilt else f"{role}-uniform:{seed}")
     skip = set(exclude)
     pool: dict[str, Arch] = {}
     attempts = 0
     while len(pool) < 4 * n and attempts < 40 * n:
         attempts += 1
-        arch = _tilted_arch(space, rng, rng.uniform(-tilt, tilt))
+        arch = _tilted_arch(space, rng, rng.uniform(-tilt, tilt)) if tilt else space.random_arch(rng)
         key = arch.encode()
         if key not in skip:
             pool.setdefault(key, arch)
@@ -192,8 +194,9 @@ def score(model: LatencyModel, plain: LatencyModel, groups: Sequence[GroupTiming
 
     The measured latency of each network is scaled by its group's reference network to ``level`` (the
     reference's latency when the table was built), so a host that is slower or faster now than then does not
-    count as model error; the unscaled figures and that drift are reported beside them."""
-    archs, measured, raw, whole, first, second = [], [], [], [], [], []
+    count as model error; the unscaled figures and that drift are reported beside them. ``whole_pass`` scores
+    against the fastest single pass instead of the sum of part minima (a noisier measure on a busy host)."""
+    archs, measured, raw, whole, first, second, whole_first, whole_second = [], [], [], [], [], [], [], []
     for g in groups:
         f = level / g.reference.latency_ms
         for t in g.networks:
@@ -203,6 +206,8 @@ def score(model: LatencyModel, plain: LatencyModel, groups: Sequence[GroupTiming
             whole.append(t.whole_min_ms * f)
             first.append(t.halves_ms[0] * f)
             second.append(t.halves_ms[1] * f)
+            whole_first.append(t.whole_halves_ms[0] * f)
+            whole_second.append(t.whole_halves_ms[1] * f)
     parsed = [space.parse(a) for a in archs]
     predicted = [model.exact(a) for a in parsed]
     plain_pred = [plain.exact(a) for a in parsed]
@@ -215,6 +220,7 @@ def score(model: LatencyModel, plain: LatencyModel, groups: Sequence[GroupTiming
         "unscaled": compare(predicted, raw),
         "whole_pass": compare(predicted, whole),
         "plain_whole_pass": compare(plain_pred, whole),
+        "whole_pass_noise_floor": noise_floor(whole_first, whole_second),
         "drift": drift,
         "rounds": [g.rounds for g in groups],
         "archs": archs,
@@ -224,10 +230,18 @@ def score(model: LatencyModel, plain: LatencyModel, groups: Sequence[GroupTiming
     }
 
 
-def summary(figures: dict) -> dict[str, float]:
-    """The headline numbers of a validation (``score``), flat, for logging beside every search."""
-    keep = {"within_10pct": figures["within_10pct"], "spearman": figures["spearman"], "mape": figures["mape"],
-            "noise_floor": figures["noise_floor"]["median_gap"], "samples": figures["samples"],
-            "plain_within_10pct": figures["plain"]["within_10pct"], "plain_spearman": figures["plain"]["spearman"],
-            "drift": figures["drift"]}
-    return {k: float(v) for k, v in keep.items()}
+def validation_metrics(provenance: Mapping) -> dict[str, float]:
+    """The headline figures of a table's last validation, flat, for logging beside every search that uses it.
+
+    ``provenance`` is ``LatencyModel.provenance`` (or a table's provenance as a dict); empty when the table was
+    never validated (imported tables, ``--validate 0``)."""
+    v = provenance.get("validation") or {}
+    cal = provenance.get("calibration") or {}
+    if not v:
+        return {}
+    out = {"latency_model_within_10pct": v["within_10pct"], "latency_model_spearman": v["spearman"],
+           "latency_model_mape": v["mape"], "latency_model_noise_floor": v["noise_floor"]["median_gap"],
+           "latency_model_samples": v["samples"], "latency_model_drift": v["drift"],
+           "latency_plain_within_10pct": v["plain"]["within_10pct"], "latency_plain_spearman": v["plain"]["spearman"],
+           "latency_calibration_networks": cal.get("networks", 0)}
+    return {k: float(x) for k, x in out.items()}

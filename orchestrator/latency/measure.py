@@ -121,6 +121,11 @@ def default_config(device: str = "cpu", **overrides) -> MeasureConfig:
 _PINNED: str | None = None
 
 
+def allocator_state() -> str:
+    """How the C allocator is set in this process now (pinning lasts for the process)."""
+    return _PINNED or "system"
+
+
 def pin_allocator() -> str:
     """Keep freed memory in the C heap (glibc: no trimming, no mmap for large blocks) for the rest of the process.
 
@@ -265,17 +270,6 @@ def measure_entries(space: SearchSpace, keys: list[str], cfg: MeasureConfig,
     return out
 
 
-def measure_arch(arch: Arch, space: SearchSpace, cfg: MeasureConfig) -> EntryStats:
-    """Time the whole standalone network of ``arch`` end to end with the same harness; call inside ``runtime``."""
-    device = torch.device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    shaped = cfg.space_at_resolution(space)
-    net = ProxylessNet(arch, space).to(device=device, dtype=dtype).eval()
-    x = torch.randn((cfg.batch_size, shaped.in_channels, shaped.resolution, shaped.resolution),
-                    device=device, dtype=dtype)
-    return summarize(time_calls(net, x, cfg, device), cfg.statistic)
-
-
 def head_ms_per_class(space: SearchSpace, cfg: MeasureConfig, device: torch.device) -> float:
     """The classifier's cost per class in ms: the head's linear layer timed at several class counts, least-squares
     slope. It prices the head of a K-class variant of the space from the table's own head; call inside ``runtime``."""
@@ -354,6 +348,7 @@ class NetworkTiming:
     latency_ms: float  # the network's latency: the sum of its parts' minima
     halves_ms: tuple[float, float]  # the same estimate from the even rounds and from the odd rounds
     whole_min_ms: float  # the fastest single pass (the sum of one pass's parts)
+    whole_halves_ms: tuple[float, float]  # the fastest pass among the even rounds and among the odd rounds
 
 
 @dataclass(frozen=True)
@@ -415,8 +410,10 @@ def time_network_group(space: SearchSpace, archs: list[Arch], cfg: MeasureConfig
     gaps = halves_gap(ms)
     even, odd = ms[0::2].min(axis=0).sum(axis=-1), ms[1::2].min(axis=0).sum(axis=-1)
     minima = ms.min(axis=0)
-    whole = ms.sum(axis=-1).min(axis=0)
+    passes = ms.sum(axis=-1)
+    whole, whole_even, whole_odd = passes.min(axis=0), passes[0::2].min(axis=0), passes[1::2].min(axis=0)
     timings = [NetworkTiming(a.encode(), {k: float(v) for (k, _), v in zip(p, minima[i])}, float(minima[i].sum()),
-                             (float(even[i]), float(odd[i])), float(whole[i]))
+                             (float(even[i]), float(odd[i])), float(whole[i]),
+                             (float(whole_even[i]), float(whole_odd[i])))
                for i, (a, p) in enumerate(zip(everyone, parts))]
     return GroupTiming(tuple(timings[1:]), timings[0], rounds, float(np.median(gaps)))

@@ -26,6 +26,7 @@ from orchestrator.latency.measure import (
     REFERENCE,
     GroupTiming,
     MeasureConfig,
+    allocator_state,
     entry_keys,
     harness_overhead,
     head_ms_per_class,
@@ -74,7 +75,7 @@ def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
             node_id = ray.get_runtime_context().get_node_id()
     except ImportError:
         pass
-    allocator = pin_allocator() if cfg.allocator == "pinned" else "system"
+    allocator = pin_allocator() if cfg.allocator == "pinned" else allocator_state()
     return NodeInfo(device_name(cfg.device), torch.__version__, torch.version.cuda, node_id, socket.gethostname(),
                     overhead_ms, allocator)
 
@@ -174,9 +175,10 @@ def _group_jobs(space: SearchSpace, archs: list[Arch], cfg: MeasureConfig, size:
 
 
 def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig, use_ray: bool,
-                calibration: CalibrationConfig | None = None) -> LatencyTable:
+                calibration: CalibrationConfig | None = CalibrationConfig()) -> LatencyTable:
     """Measure every entry of ``space`` on ``profile``'s hardware, calibrate and validate on whole networks there
-    (``calibration``; None: a plain table, still with its reference network), and return the table."""
+    (``calibration``, by default 60 and 30 networks; None: a plain table, still with its reference network's
+    latency), and return the table."""
     if not profile.measured:
         raise ValueError(f"hardware {profile.name!r} is {profile.kind}, not measured: nothing to build")
     if (profile.kind == "cuda") != cfg.device.startswith("cuda"):
@@ -239,7 +241,7 @@ def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig
 
 
 def build_tables(space: SearchSpace, jobs: Sequence[tuple[HardwareProfile, MeasureConfig]], use_ray: bool,
-                 calibration: CalibrationConfig | None = None) -> list[LatencyTable]:
+                 calibration: CalibrationConfig | None = CalibrationConfig()) -> list[LatencyTable]:
     """Build one table per (profile, config); on Ray the different hardware is measured at the same time."""
     if not use_ray or len(jobs) == 1:
         return [build_table(space, p, cfg, use_ray, calibration) for p, cfg in jobs]
@@ -283,7 +285,7 @@ def validation_record(table: LatencyTable, groups: Sequence[GroupTiming], seed: 
     space = table.space()
     figures = calibrate.score(table.to_model(space), table.to_model(space, plain=True), groups,
                               reference_ms(table), space)
-    return {"created": utc_now(), "seed": seed, "stream": f"{calibrate.VALIDATION}:{seed}",
+    return {"created": utc_now(), "seed": seed, "stream": f"{calibrate.VALIDATION}:{seed}", "sampling": "spread",
             "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, **figures}
 
 
@@ -297,11 +299,14 @@ def describe(v: dict) -> str:
             f"host drift {v['drift']:+.1%}")
 
 
-def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, group_size: int = 30) -> dict:
+def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, group_size: int = 30,
+                   spread: bool = True) -> dict:
     """Measure ``samples`` held-out networks on the table's hardware and score the table and its plain entries.
 
     The networks come from the validation stream ``validation:<seed>`` and never repeat a calibration network;
-    ``seed`` must differ from the calibration seed. Returns the validation record (``validation_record``)."""
+    ``seed`` must differ from the calibration seed. ``spread`` draws them across the latency range; otherwise
+    uniformly (every candidate equally likely, a narrow range: a harder test of ranking). Returns the validation
+    record (``validation_record``)."""
     space = table.space()
     table.to_model(space)
     cfg = config_of(table)
@@ -311,8 +316,10 @@ def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, 
     if cal.get("networks") and seed == cal.get("seed"):
         raise ValueError(f"--seed {seed} is the table's calibration seed: choose another for held-out networks")
     profile = HardwareProfile(table.provenance.hardware, table.provenance.hardware_kind)
-    archs = calibrate.spread_archs(space, samples, seed, calibrate.VALIDATION, exclude=cal.get("archs", ()))
+    archs = calibrate.spread_archs(space, samples, seed, calibrate.VALIDATION, exclude=cal.get("archs", ()),
+                                   tilt=3.0 if spread else 0.0)
     jobs = _group_jobs(space, archs, cfg, group_size, 2000)
     desc = f"validate {profile.name}"
     results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
-    return validation_record(table, [r.group for r in results], seed)
+    return {**validation_record(table, [r.group for r in results], seed),
+            "sampling": "spread" if spread else "uniform"}
