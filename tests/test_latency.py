@@ -357,6 +357,22 @@ def test_cli_build_refuses_unknown_hardware(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_build_calibrates_validates_and_records(tmp_path, capsys):
+    out = str(tmp_path / "t.parquet")
+    rc, text, _ = run_cli(["latency", "build", "--hardware", "cpu-test", "--space", "tiny", "--local",
+                           "--calibrate", "4", "--validate", "3", "--group-size", "4", "--repeats", "5",
+                           "--min-rounds", "4", "--max-rounds", "4", "--out", out], capsys)
+    assert rc == 0 and "3 held-out networks" in text and "noise floor" in text and "plain table" in text
+    p = LatencyTable.load(out).provenance
+    assert p.calibration["networks"] == 4 and p.validation["seed"] == 1 and p.clock == "cpu" and p.statistic == "min"
+    rc, text, _ = run_cli(["latency", "validate", "--table", out, "--samples", "3", "--seed", "5", "--local",
+                           "--record", "--json"], capsys)
+    assert rc == 0 and json.loads(text)["seed"] == 5
+    assert LatencyTable.load(out).provenance.validation["seed"] == 5
+    rc, _, err = run_cli(["latency", "validate", "--table", out, "--samples", "3", "--seed", "0", "--local"], capsys)
+    assert_one_line_error(rc, err, "calibration seed")
+
+
 def test_cli_predict_prints_table_sum(tmp_path, capsys):
     table = synthetic_table()
     uri = table.save(str(tmp_path / "t.parquet"))

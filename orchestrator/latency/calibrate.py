@@ -12,7 +12,7 @@ Terms between neighbouring blocks were measured and left out: on ``proxyless-ima
 
 Networks are drawn to spread across the latency range: each draw tilts every block's choice towards small or
 large candidates (by multiply-accumulates) by its own random amount, and a pool four times the size is thinned
-to evenly spaced MAC quantiles. Calibration and validation draw from streams named by role and seed, so a
+to the draws nearest evenly spaced MAC values. Calibration and validation draw from streams named by role and seed, so a
 validation never reuses the calibration's networks; both seeds and all networks go into the table's provenance.
 """
 
@@ -91,10 +91,10 @@ def spread_archs(space: SearchSpace, n: int, seed: int, role: str, exclude: Sequ
                  tilt: float = 3.0) -> list[Arch]:
     """``n`` distinct networks spread over the space's latency range, from the stream named ``role:seed``.
 
-    Each candidate draw has its own tilt in [-tilt, tilt] towards small or large ops; a pool of 4n is thinned to
-    n evenly spaced MAC quantiles. Networks in ``exclude`` (architecture strings) are never drawn. ``tilt=0``
-    draws uniformly (every allowed candidate equally likely: the narrow middle of the range a search starts in),
-    with the pool thinned the same way."""
+    Each candidate draw has its own tilt in [-tilt, tilt] towards small or large ops; from a pool of 4n, the
+    draws nearest n evenly spaced MAC values between the pool's extremes are kept. Networks in ``exclude`` (architecture strings) are never drawn. ``tilt=0``
+    draws uniformly instead: every allowed candidate equally likely, the first n distinct draws (the narrow
+    middle of the range, where a search starts)."""
     if n < 1:
         return []
     rng = random.Random(f"{role}:{seed}" if tilt else f"{role}-uniform:{seed}")
@@ -109,9 +109,17 @@ def spread_archs(space: SearchSpace, n: int, seed: int, role: str, exclude: Sequ
             pool.setdefault(key, arch)
     if len(pool) < n:
         raise ValueError(f"space {space.name!r} has too few distinct networks for {n} {role} samples")
+    if not tilt:
+        return list(pool.values())[:n]
     ranked = sorted(pool.values(), key=lambda a: (arch_macs(space, a), a.encode()))
-    picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, n)).astype(int))
-    return [ranked[i] for i in picks]
+    macs = np.array([arch_macs(space, a) for a in ranked])
+    free = np.ones(len(ranked), bool)
+    picks = []
+    for target in np.linspace(macs[0], macs[-1], n):  # evenly spaced MAC values, each nearest unused draw
+        i = int(np.argmin(np.where(free, np.abs(macs - target), np.inf)))
+        free[i] = False
+        picks.append(i)
+    return [ranked[i] for i in sorted(picks)]
 
 
 def groups_of(items: Sequence, size: int) -> list[list]:
