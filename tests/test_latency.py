@@ -27,7 +27,14 @@ from orchestrator.latency.hardware import parse_profile
 from orchestrator.latency.measure import MeasureConfig, default_config
 from orchestrator.latency.official import import_proxyless_yaml
 from orchestrator.latency.profiles import latency_model
-from orchestrator.latency.runner import build_table, compare, validate_table
+from orchestrator.latency.runner import (
+    build_table,
+    compare,
+    config_of,
+    measure_archs_chunk,
+    reference_factor,
+    validate_table,
+)
 from orchestrator.latency.table import EntryStats, LatencyTable, Provenance, required_keys
 from orchestrator.spaces import PROXYLESS_IMAGENET, TINY, get_space
 from orchestrator.supernet import ArchLogits
@@ -177,6 +184,11 @@ def test_build_and_validate_tiny_table_locally():
     v = validate_table(table, samples=3, seed=1, use_ray=False)
     assert v["samples"] == 3 and 0 <= v["within_10pct"] <= 1 and v["mape"] >= 0 and len(v["measured_ms"]) == 3
     assert v["noise_floor"]["median_gap"] >= 0 and v["plain"]["within_10pct"] == v["within_10pct"]
+    # one network timed later, as a sweep times a derived net, with the reference to put it at the table's level
+    arch = TINY.largest_arch().encode()
+    r = measure_archs_chunk("tiny", [arch], config_of(table))
+    assert set(r.entries) == {arch, "reference"} and r.entries[arch].count >= 4
+    assert 0.5 < reference_factor(table, r) < 2.0
 
 
 def test_calibrated_table_round_trips_with_provenance(calibrated_tiny, tmp_path):

@@ -278,6 +278,12 @@ def reference_ms(table: LatencyTable) -> float:
     return table.to_model(space).exact(reference_arch(space))
 
 
+def reference_factor(table: LatencyTable, result: ChunkResult) -> float:
+    """The factor that puts networks timed in ``result`` (``measure_archs_chunk``) at the host speed the table
+    was built at: the table's reference latency over the reference network timed with them."""
+    return reference_ms(table) / result.entries[REFERENCE].latency_ms
+
+
 def validation_record(table: LatencyTable, groups: Sequence[GroupTiming], seed: int) -> dict:
     """The figures of a validation on ``groups`` (see ``calibrate.score``), with when, what and how it ran."""
     import os
