@@ -370,8 +370,9 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
                 "nas.storage": f"{storage}/{name}", "nas.data": data.where, **dict(spec.tags)}
         run_id = tracking.create_run(uri, spec.experiment, name,
                                      params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
-                                             "provenance": provenance(), "latency": latency.provenance},
+                                             "provenance": provenance()},
                                      tags=tags, parent_run_id=spec.parent_run_id)
+        log_latency_model(uri, run_id, latency)
         result, wall = fit_tracked(
             "search", name, train_loop_per_worker,
             {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
@@ -389,6 +390,18 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     log_search_result(uri, run_id, out, cost=search_cost(out, worker_seconds, wall, on_gpu))
     tracking.end_run(uri, run_id)
     return DistributedResult(out, run_id, uri, storage, name, ckpt_path, worker_seconds, wall)
+
+
+def log_latency_model(uri: str, run_id: str, latency) -> None:
+    """The latency model a search optimised against: its provenance as an artifact, its held-out validation
+    (within ±10%, Spearman, MAPE, noise floor, and the plain table's figures) as metrics."""
+    from orchestrator import tracking
+    from orchestrator.latency.calibrate import validation_metrics
+
+    tracking.log_artifact_files(uri, run_id, {"latency_model.json": json.dumps(
+        {"hardware": latency.hardware, "unit": latency.unit, "provenance": latency.provenance}, indent=1,
+        default=str)})
+    tracking.log_metrics(uri, run_id, validation_metrics(latency.provenance), step=0)
 
 
 def search_cost(search: dict, worker_seconds: float, wall: float, on_gpu: bool) -> dict[str, float]:

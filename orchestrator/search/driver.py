@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from orchestrator.data.feed import Feed
 from orchestrator.data.source import Splits, open_splits
+from orchestrator.latency.calibrate import validation_metrics
 from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.profiles import latency_model
 from orchestrator.search.config import SearchConfig
@@ -64,6 +65,7 @@ class SearchResult:
     device: str = "cpu"
     world_size: int = 1
     seconds: dict = field(default_factory=dict)  # per phase, each timed directly: warmup, weight, arch, data, eval
+    latency_model: dict = field(default_factory=dict)  # the latency model's held-out validation figures
     curves: dict[str, list] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
@@ -250,6 +252,7 @@ def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | N
         probs=tuple(tuple(r) for r in probs.cpu().tolist()), entropy=entropy, steps=state.step,
         arch_steps=state.arch_step, alpha_fingerprint=alpha_fingerprint(state), valid_accuracy=acc, val_images=n,
         device=str(state.rt.device), world_size=state.rt.world, seconds=dict(state.seconds),
+        latency_model=validation_metrics(state.latency.provenance),
         curves=curves, config=state.cfg.to_dict(),
     )
 
