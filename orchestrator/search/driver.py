@@ -22,7 +22,7 @@ from orchestrator.latency.profiles import latency_model
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.sampling import batch_indices, generator
 from orchestrator.search.state import SearchState, alpha_fingerprint, fork_from_warmup, init_state, load_state_dict
-from orchestrator.search.steps import Sync, arch_step, weight_step
+from orchestrator.search.steps import Sync, arch_step, arch_update_due, weight_step
 from orchestrator.spaces import get_space
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def run_search(
         b = cfg.weight.batch_size
         metrics = weight_step(state, *_tensors(data.train, perm[i * b:(i + 1) * b][rank::world]), sync=sync)
         # A run stopped at the end of warm-up (stop_at) leaves α untouched, so that searches can fork from it.
-        if state.searching and state.step % cfg.arch.update_every == 0 and (stop_at is None or state.step < stop_at):
+        if arch_update_due(cfg, state.step, spe) and (stop_at is None or state.step < stop_at):
             for _ in range(cfg.arch.update_steps):
                 idx = batch_indices(n_hold, cfg.arch.batch_size, generator(cfg.seed, "holdout", state.arch_step))
                 metrics.update(arch_step(state, *_tensors(data.holdout, idx[rank::world]), sync=sync))
