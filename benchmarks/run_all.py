@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["latency_table", "loader", "supernet_memory", "distributed", "imagenet_step", "sweep"]
+BENCHMARKS = ["latency_table", "loader", "supernet_memory", "distributed", "search_cost", "fidelity", "sweep"]
 
 
 def main() -> None:

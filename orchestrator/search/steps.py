@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from orchestrator.search.config import SearchConfig
 from orchestrator.search.objective import (
     binary_connect_grad,
     path_latency,
@@ -21,7 +22,6 @@ from orchestrator.search.objective import (
     rescale_pairs,
     rl_reward,
 )
-from orchestrator.search.config import SearchConfig
 from orchestrator.search.sampling import generator, sample_pairs, sample_path
 from orchestrator.search.state import SearchState, weight_lr
 
