@@ -1,24 +1,24 @@
 """Benchmark: the cost of a ProxylessNAS search against regular training of the net it finds (issue 15).
 
 On the real ``proxyless-imagenet`` supernet at 224 px, each phase of a search is timed directly with the search's
-own step functions, on the same batch, round after round in rotating order (so that a noisy, shared machine slows
-every phase alike):
+own step functions, on the same batch, round after round in rotating order:
 
-* warm-up weight step and search weight step (``weight_step``, one sampled path, SGD);
+* warm-up weight step and search weight step (``weight_step``, one sampled path, SGD; a new path each round);
 * architecture step, ``two`` mode (``arch_step``: the active candidate with autograd, the inactive one without, no
   weight in autograd), and ``full_v2`` (every candidate of a block runs), for information;
 * the plain two-path computation the project used before (both candidates with autograd, weights requiring grad),
   as a reference for the saving;
-* one training step of the derived standalone net (the ops of the published ProxylessNAS-Mobile in the search
-  space's widths, extracted from the supernet), same loss and optimiser.
+* one training step of a standalone net, same loss and optimiser: the net of the round's search-weight-step path
+  (extracted from the supernet), and a net with the ops of the published ProxylessNAS-Mobile in the search space's
+  widths (what a mobile search derives).
 
-Ratios are taken inside each round (phase time ÷ weight step, or ÷ standalone step) and the median over rounds is
-reported. On the CPU with one thread a phase's time is this process's CPU time (``time.process_time``), which other
-processes on a shared machine barely change; otherwise wall time (after ``torch.cuda.synchronize`` on a GPU). A whole search's cost is then the official schedule's step counts (``configs/imagenet-mobile.yaml``:
-40 warm-up + 120 search epochs over ImageNet less 50 images per class, an architecture step after every 5th weight
-step of an epoch, none in the first search epoch under ``fidelity: official``) times those per-image costs, divided
-by training the derived net for the same epochs on the same data; and the projected device-hours of that search
-scale the measured seconds per image linearly to batch 256.
+On the CPU with one thread a phase's time is this process's CPU time (``time.process_time``), which other processes
+on a shared machine barely change; otherwise wall time (after ``torch.cuda.synchronize`` on a GPU). Figures are
+means per step: a whole search costs its number of steps times the mean step. The whole search is the schedule of
+``configs/imagenet-mobile.yaml`` under ``fidelity: official`` (40 warm-up + 120 search epochs over ImageNet less 50
+images per class, an architecture step after every 5th weight step of an epoch, none in the first search epoch),
+divided by training each standalone net for the same epochs on the same data; device-hours scale the measured
+seconds per image linearly to batch 256.
 
     .venv/bin/python -m benchmarks.search_cost [--device cpu|cuda] [--batch-size 8] [--rounds 5] [--threads 1]
 

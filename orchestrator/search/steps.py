@@ -142,8 +142,9 @@ def arch_gradient(state: SearchState, images: torch.Tensor, labels: torch.Tensor
     """∂L/∂α of the architecture loss on one held-out batch, computing only what α needs.
 
     Each block runs ``active[b]`` gated (1 on the first, 0 on the others): the active candidate with autograd, the
-    others under ``no_grad`` (``MixedBlock.forward(no_grad_inactive=True)``). No weight takes part in autograd, so the backward computes
-    input gradients along the active path from the loss down to the first searchable block, and nothing else."""
+    others under ``no_grad`` (``MixedBlock.forward(no_grad_inactive=True)``). No weight takes part in autograd, so
+    the backward computes input gradients along the active path from the loss down to the first searchable block,
+    and nothing else."""
     cfg, alpha = state.cfg, state.logits.alpha
     active = [tuple(p) for p in active]
     gates = []
