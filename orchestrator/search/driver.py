@@ -32,7 +32,7 @@ from orchestrator.search.state import (
     load_state_dict,
     warmup_steps,
 )
-from orchestrator.search.steps import arch_step, weight_step
+from orchestrator.search.steps import arch_step, arch_update_due, weight_step
 from orchestrator.train.core import evaluate, metrics_window, read_window
 from orchestrator.train.runtime import Runtime
 
@@ -190,7 +190,7 @@ def run_search(
         metrics = weight_step(state, x, y)
         clock.lap(phase)
         # A warm-up-only run leaves α untouched, so that searches can fork from it.
-        if state.searching and state.step % cfg.arch.update_every == 0 and not warmup_only:
+        if not warmup_only and arch_update_due(cfg, state.step, state.steps_per_epoch):
             for _ in range(cfg.arch.update_steps):
                 if hold_it is None:
                     hold_it = holdout.stream(state.arch_step)
