@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 BENCHMARKS = ["latency_table", "loader", "data_overlap", "supernet_memory", "distributed", "search_cost",
-              "fidelity", "sweep", "derive"]
+              "fidelity", "sweep", "derive", "budget"]
 
 
 def main() -> None:

@@ -351,9 +351,10 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     from orchestrator.provenance import provenance
     from orchestrator.ray_session import ray_session
     from orchestrator.search import open_data, resolve_latency
-    from orchestrator.search.driver import search_feeds
+    from orchestrator.search.driver import check_target, search_feeds
 
     latency = resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
+    check_target(cfg, latency)  # so does a hard budget below the fastest net
     data = open_data(cfg)  # so does data that does not fit the space (its classes), or that is not there
     search_feeds(cfg, data, 0, spec.num_workers)  # and batches that do not split over the workers
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)

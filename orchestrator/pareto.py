@@ -62,13 +62,20 @@ def plot_fronts(fronts: dict[str, list[Point]], out: str | Path, title: str, uni
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for name, pts in sorted(fronts.items()):
+    for i, (name, pts) in enumerate(sorted(fronts.items())):
         if not pts:
             continue
-        sc = ax.scatter([p.latency for p in pts], [100 * p.error for p in pts], s=18, alpha=0.6, label=f"{name} runs")
+        color = f"C{i % 10}"  # matplotlib's default colour cycle, one colour per series
+        searched = [p for p in pts if p.meta.get("point", "search") != "front"]
+        derived = [p for p in pts if p.meta.get("point", "search") == "front"]
+        ax.scatter([p.latency for p in searched], [100 * p.error for p in searched], s=18, alpha=0.6,
+                   label=f"{name} searched", color=color)
+        if derived:  # extra budgets derived from a search's α, told apart from per-target searches
+            ax.scatter([p.latency for p in derived], [100 * p.error for p in derived], s=22, alpha=0.8, marker="x",
+                       color=color, label=f"{name} derived (front)")
         front = pareto_front(pts)
         ax.step([p.latency for p in front], [100 * p.error for p in front], where="post",
-                color=sc.get_facecolor()[0], label=f"{name} front")
+                color=color, label=f"{name} front")
     for ref in reference:
         ax.scatter([ref.latency], [100 * ref.error], marker="*", s=120, color="black")
         ax.annotate(ref.label, (ref.latency, 100 * ref.error), fontsize=7, xytext=(4, 4), textcoords="offset points")

@@ -310,11 +310,14 @@ def train_loop_per_worker(config: dict) -> dict:
 
 def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: Sequence[Any] = (),
                 extra_metrics: Mapping[str, float] | None = None, extra_files: Mapping[str, str | bytes] | None = None,
-                extra_tags: Mapping[str, str] | None = None, onnx_dir: str | Path | None = None) -> RetrainResult:
+                extra_tags: Mapping[str, str] | None = None, onnx_dir: str | Path | None = None,
+                cost_before: Any = None) -> RetrainResult:
     """Retrain ``arch`` on ``spec.num_workers`` Ray Train workers and record it in MLflow (nested under
     ``spec.parent_run_id``): curves, final top-1 and the number of images it was measured on, cost, net.config,
     ONNX. ``extra_metrics``/``extra_files`` (e.g. the measured latency and its table reference) go into the same
-    run, so one run is one Pareto point. Everything checkable is checked before any worker starts."""
+    run, so one run is one Pareto point; ``cost_before`` (a ``cost.Cost``: the search, its share of the warm-up and
+    the measurement) is added to the retraining's own cost in the run's ``cost.*`` metrics. Everything checkable is
+    checked before any worker starts."""
     from orchestrator import tracking
     from orchestrator.arch import Arch
     from orchestrator.cluster_checks import check_storage
@@ -332,11 +335,13 @@ def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: 
     name = spec.name or f"retrain-{abs(hash(arch)) % 10**8:08d}"
     with ray_session():
         return _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics,
-                            extra_files, extra_tags, onnx_dir)
+                            extra_files, extra_tags, onnx_dir, cost_before)
 
 
 def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics, extra_files,
-                 extra_tags, onnx_dir) -> RetrainResult:
+                 extra_tags, onnx_dir, cost_before) -> RetrainResult:
+    from orchestrator.cost import Cost, retrain_cost
+
     from orchestrator import tracking
     from orchestrator.cluster_checks import check_resources, per_worker_resources
     from orchestrator.distributed import fit_tracked
@@ -380,8 +385,11 @@ def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callback
                                     **cost}, indent=1),
         **dict(extra_files or {}),
     })
+    total = (cost_before or Cost()) + retrain_cost(worker_seconds, on_gpu)
     tracking.log_metrics(uri, run_id, {"val_accuracy": last["val_accuracy"], "val_error": 1 - last["val_accuracy"],
-                                       "val_images": last["val_images"], **cost, **dict(extra_metrics or {})},
+                                       "val_images": last["val_images"], **cost, **total.metrics(),
+                                       "point_worker_seconds": total.total_worker,
+                                       "point_gpu_seconds": total.total_gpu, **dict(extra_metrics or {})},
                          step=cfg.epochs)
     tracking.end_run(uri, run_id)
     log.info("retrained %s: top-1 %.3f on %d images in %.0f s", arch, last["val_accuracy"], last["val_images"], wall)

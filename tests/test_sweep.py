@@ -22,11 +22,12 @@ from tests.servers import _pids_mentioning, _stop_group
 
 TINY = ROOT / "configs" / "tiny.yaml"
 TARGETS = [0.08, 0.14]
+FRONT = [0.07]  # an extra budget: each trial also derives and retrains its best net under it
 
 
 def write_sweep(path: Path, name: str, storage: Path, tracking: str, grid=None, **extra) -> Path:
     cfg = {"name": name, "search": str(TINY), "overrides": ["epochs=3", "warmup_epochs=1", "log_every=10"],
-           "grid": [{"hardware": "flops", "targets": TARGETS}] if grid is None else grid,
+           "grid": [{"hardware": "flops", "targets": TARGETS, "front": FRONT}] if grid is None else grid,
            "workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1, "storage": str(storage),
            "tracking_uri": tracking, "retrain": {"epochs": 2, "lr": 0.05, "batch_size": 32}, **extra}
     path.write_text(yaml.safe_dump(cfg))
@@ -104,11 +105,12 @@ def resumed_sweep(mlflow_server, tmp_path_factory):
     proc = _start(cfg, env, tmp / "first.log")
     first_retrain = None
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name(name)
             if exp is not None:
-                done = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"]
+                done = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"
+                        and r.data.tags.get("nas.point") == "search"]
                 searches = _runs(client, exp.experiment_id, "search")
                 if done and len(searches) >= 2:  # trial 1 finished, trial 2 under way: kill the driver now
                     first_retrain = done[0].info.run_id
@@ -127,7 +129,7 @@ def resumed_sweep(mlflow_server, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(720)
 def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_server, tmp_path):
     from mlflow import MlflowClient
 
@@ -140,10 +142,19 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     pid = parent.info.run_id
     assert len(_runs(client, exp.experiment_id, "warmup")) == 1  # warm-up paid once, not again on resume
     searches = [r for r in _runs(client, exp.experiment_id, "search") if r.info.status == "FINISHED"]
-    retrains = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"]
+    finished = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"]
+    retrains = [r for r in finished if r.data.tags["nas.point"] == "search"]
+    fronts = [r for r in finished if r.data.tags["nas.point"] == "front"]
     # one finished search and one retrain per target: the finished trial was not repeated
     assert sorted(float(r.data.tags["nas.target"]) for r in searches) == TARGETS
     assert sorted(float(r.data.tags["nas.target"]) for r in retrains) == TARGETS
+    # each search also gave a net under the extra budget (unless it was its own net), with its lineage
+    assert fronts and len(fronts) <= len(searches)
+    for f in fronts:
+        assert f.data.tags["nas.front_budget"] == "0.07" and f.data.tags["nas.search_run_id"] in {
+            s.info.run_id for s in searches} and f.data.tags["mlflow.parentRunId"] == f.data.tags["nas.search_run_id"]
+        assert f.data.metrics["predicted_latency"] <= 0.07 and f.data.metrics["cost.search_other_worker_s"] == 0
+        assert f.data.metrics["cost.retraining_worker_s"] > 0
     assert first_retrain in {r.info.run_id for r in retrains}
     by_id = {r.info.run_id: r for r in searches}
     warm = _runs(client, exp.experiment_id, "warmup")[0].info.run_id
@@ -154,6 +165,8 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
         assert len(client.get_metric_history(s.info.run_id, "loss")) >= 2  # metrics over time
         arts = {a.path for a in client.list_artifacts(s.info.run_id)}
         assert {"arch.txt", "net.config", "alpha.csv", "latency.json"} <= arts
+    for s in searches:  # under derive: budget the search's own net fits its target too (predicted latency)
+        assert s.data.metrics["predicted_within_budget"] == 1.0
     for r in retrains:
         tags = r.data.tags
         search = by_id[tags["nas.search_run_id"]]  # lineage: each retrain points at its finished search
@@ -162,7 +175,11 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
         assert tags["nas.sweep_run_id"] == pid and tags["nas.latency_unit"] == "MMAC"
         m = r.data.metrics
         assert 0 < m["val_accuracy"] <= 1 and m["measured_latency"] > 0 and m["point_worker_seconds"] > 0
-        assert "point_gpu_seconds" in m
+        assert "point_gpu_seconds" in m and m["point_gpu_seconds"] == 0  # no GPU here: no GPU-seconds
+        parts = [m[f"cost.{p}_worker_s"] for p in ("warmup", "weight_steps", "arch_steps", "search_other",
+                                                   "measurement", "retraining")]
+        assert all(p >= 0 for p in parts) and m["cost.warmup_worker_s"] > 0 and m["cost.arch_steps_worker_s"] > 0
+        assert abs(sum(parts) - m["point_worker_seconds"]) < 1e-6 * m["point_worker_seconds"]
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"net.onnx", "net.config", "arch.txt", "latency.json"} <= arts
         lat = json.loads(Path(client.download_artifacts(r.info.run_id, "latency.json", str(tmp_path))).read_text())
@@ -179,7 +196,8 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     assert (tmp_path / "p" / "pareto-flops.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "p" / "pareto.json").read_text())
     series = summary["hardware"]["flops"]["series"][name]
-    assert len(series["points"]) == 2 and series["front"] and series["hypervolume"] > 0
+    assert len(series["points"]) == 2 + len(fronts) and series["front"] and series["hypervolume"] > 0
+    assert sum(p["point"] == "front" for p in series["points"]) == len(fronts)
 
 
 def test_retrain_refuses_bad_input_before_ray(tmp_path):

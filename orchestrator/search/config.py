@@ -25,6 +25,7 @@ GRAD_MODES = ("two", "full_v2")
 LATENCY_PROBS = ("pair", "full")
 RL_BASELINES = ("before", "after")
 LINEAR_INITS = ("normal", "uniform")
+DERIVES = ("argmax", "budget")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class SearchConfig:
     seed: int = 0
     log_every: int = 10  # weight steps per curve point / on_step call
     checkpoint_every: int = 0  # weight steps between checkpoint hook calls; 0 = only at the end
+    # How the net is derived from α. ``argmax`` (the paper and the official code): each block's most probable op;
+    # the target is soft and the net can land above it. ``budget`` (this project): the most probable net under α
+    # whose predicted latency is at most ``target`` (``orchestrator.derive``, exact), so the target is a hard budget.
+    derive: str = "budget"
     precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes; weights and α stay fp32)
     channels_last: bool = False  # channels-last memory format for activations and weights
     weight: WeightConfig = field(default_factory=WeightConfig)
@@ -222,6 +227,7 @@ def validate(cfg: SearchConfig) -> None:
         _fail("arch.skip_first_search_epoch", f"with {cfg.epochs - cfg.warmup_epochs} search epoch(s) no "
                                               f"architecture step would run; raise epochs or switch it off")
     _choice("init.linear", cfg.init.linear, LINEAR_INITS)
+    _choice("derive", cfg.derive, DERIVES)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ Checkpoint = Callable[[SearchState], None]
 class SearchResult:
     """What a search produces: the derived architecture, α, latencies and curves (JSON-ready via ``to_dict``)."""
 
-    arch: str
+    arch: str  # the derived net (``derive``: argmax of α, or the most probable net within the target)
     hardware: str
     unit: str
     target: float
@@ -66,6 +66,9 @@ class SearchResult:
     world_size: int = 1
     seconds: dict = field(default_factory=dict)  # per phase, each timed directly: warmup, weight, arch, data, eval
     latency_model: dict = field(default_factory=dict)  # the latency model's held-out validation figures
+    derive: str = "argmax"
+    argmax_arch: str = ""  # each block's most probable op (equal to ``arch`` under ``derive: argmax``)
+    log_prob: float = 0.0  # log-probability of ``arch`` under α
     curves: dict[str, list] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
@@ -169,6 +172,7 @@ def run_search(
     shared warm-up; ``warmup_only`` ends the run at the end of warm-up (the state a sweep's searches fork from)."""
     rt = rt or Runtime()
     latency = latency or resolve_latency(cfg)
+    check_target(cfg, latency)
     data = data or open_data(cfg)
     train, holdout = search_feeds(cfg, data, rt.rank, rt.world, rt.on_gpu)
     state = init_state(cfg, latency, train.batches_per_epoch, rt)
@@ -222,10 +226,34 @@ def run_search(
     return make_result(state, valid, clock)
 
 
+def check_target(cfg: SearchConfig, latency: LatencyModel) -> None:
+    """Under ``derive: budget`` the target is a hard budget: refuse one below the space's fastest net up front."""
+    if cfg.derive == "budget":
+        from orchestrator.derive import fastest_latency
+
+        lo = fastest_latency(latency)
+        if cfg.target < lo:
+            raise ValueError(f"target: {cfg.target:g} {latency.unit} is below the fastest net of space "
+                             f"{cfg.search_space.name!r} on {latency.hardware} ({lo:.4g} {latency.unit}); no "
+                             f"architecture fits it (derive: budget)")
+
+
+def derive_arch(state: SearchState):
+    """The net the search derives, and its log-probability under α."""
+    from orchestrator.derive import derive_under_budget, log_probs_from_alpha
+
+    logp = log_probs_from_alpha(state.logits.alpha.detach().cpu(), state.latency)
+    if state.cfg.derive == "budget":
+        d = derive_under_budget(logp, state.latency, state.cfg.target)
+        return d.arch, d.log_prob
+    arch = state.logits.derive()
+    return arch, float(sum(logp[b, c] for b, c in enumerate(state.space.indices(arch))))
+
+
 def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | None = None) -> SearchResult:
     """The derived architecture and α's state; the derived net (its supernet weights, batch-statistics BN as the
     official search validates paths) evaluated once across ranks on the validation split."""
-    arch = state.logits.derive()
+    arch, log_prob = derive_arch(state)
     with torch.no_grad():
         probs = state.logits.probs()
         expected = state.latency.expected(probs).item()
@@ -252,7 +280,8 @@ def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | N
         probs=tuple(tuple(r) for r in probs.cpu().tolist()), entropy=entropy, steps=state.step,
         arch_steps=state.arch_step, alpha_fingerprint=alpha_fingerprint(state), valid_accuracy=acc, val_images=n,
         device=str(state.rt.device), world_size=state.rt.world, seconds=dict(state.seconds),
-        latency_model=validation_metrics(state.latency.provenance),
+        latency_model=validation_metrics(state.latency.provenance), derive=state.cfg.derive,
+        argmax_arch=state.logits.derive().encode(), log_prob=log_prob,
         curves=curves, config=state.cfg.to_dict(),
     )
 

@@ -34,6 +34,7 @@ PROJECT: dict[str, Any] = {
     "arch.skip_first_search_epoch": False,
     "init.linear": "normal",
     "init.zero_last_gamma": True,
+    "derive": "budget",
 }
 
 OFFICIAL: dict[str, Any] = {
@@ -46,6 +47,7 @@ OFFICIAL: dict[str, Any] = {
     "arch.skip_first_search_epoch": True,  # train(): `if epoch > 0`
     "init.linear": "uniform",  # MyNetwork.init_model: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
     "init.zero_last_gamma": False,
+    "derive": "argmax",  # the paper's and the official code's derived net: each block's most probable op
 }
 # Colour distortion is no switch: like the official code, the data spec's default is ``normal`` in a search and
 # ``strong`` in a retrain (``data.color_jitter`` left unset), whatever the preset.

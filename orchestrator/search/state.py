@@ -176,7 +176,6 @@ def _load_weights(state: SearchState, saved: dict) -> None:
     state.step = saved["step"]
     state.window = {k: (float(s), int(n)) for k, (s, n) in saved["window"].items()}
     state.history = [dict(h) for h in saved["history"]]
-    state.seconds = dict(saved.get("seconds", state.seconds))
     rngs = saved["rng"]
     if len(rngs) == state.rt.world:
         set_rng_state(rngs[state.rt.rank], dev)
@@ -191,6 +190,7 @@ def load_state_dict(state: SearchState, saved: dict) -> None:
     if diff:
         raise ValueError(f"checkpoint was written with another config (differs in {', '.join(diff)})")
     _load_weights(state, saved)
+    state.seconds = dict(saved["seconds"])  # a resumed run goes on timing (a fork from a warm-up starts at 0)
     with torch.no_grad():
         state.logits.alpha.copy_(saved["alpha"])
     state.arch_opt.load_state_dict(saved["arch_opt"])

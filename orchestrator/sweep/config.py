@@ -39,6 +39,8 @@ class HardwareGrid:
     high: float | None = None
     samples: int = 0
     table: str | None = None  # latency table URI for a measured profile
+    front: tuple[float, ...] = ()  # extra budgets: each trial also derives, from its own α, the best net under each
+    # of these (at no search cost), measures and retrains it as an extra point of the front (``nas.point=front``)
 
     def __post_init__(self) -> None:
         where = f"grid[{self.hardware}]"
@@ -49,6 +51,8 @@ class HardwareGrid:
             raise ValueError(f"{where}.targets: every target must be positive, got {list(self.targets)}")
         if len(set(self.targets)) != len(self.targets) or len(set(self.relative)) != len(self.relative):
             raise ValueError(f"{where}: a target is listed twice")
+        if any(not b > 0 for b in self.front) or len(set(self.front)) != len(self.front):
+            raise ValueError(f"{where}.front: budgets must be positive and distinct, got {list(self.front)}")
         if any(not 0 < r <= 1 for r in self.relative):
             raise ValueError(f"{where}.relative: positions must be in (0, 1], got {list(self.relative)}")
         if self.distribution is not None:
@@ -126,7 +130,7 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
     key = f"grid[{i}]"
     if not isinstance(item, dict) or not isinstance(item.get("hardware"), str):
         raise ValueError(f"{key}: expected a mapping with 'hardware' and its targets, got {item!r}")
-    known = {"hardware", "targets", "relative", "table"}
+    known = {"hardware", "targets", "relative", "table", "front"}
     unknown = sorted(set(item) - known)
     if unknown:
         raise ValueError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -147,6 +151,8 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
         kwargs["targets"] = _numbers(f"{key}.targets", targets)
     if item.get("relative") is not None:
         kwargs["relative"] = _numbers(f"{key}.relative", item["relative"])
+    if item.get("front") is not None:
+        kwargs["front"] = _numbers(f"{key}.front", item["front"])
     table = item.get("table")
     if table is not None and not isinstance(table, str):
         raise ValueError(f"{key}.table: expected a URI, got {table!r}")
@@ -315,7 +321,7 @@ def resolve_points(sweep: SweepConfig, info: Mapping[str, HardwareInfo], default
             _check_target(hw, g.high, space)
             continue
         targets = g.targets or tuple(round(lo + r * (hi - lo), 6) for r in g.relative)
-        for t in targets:
+        for t in (*targets, *g.front):
             _check_target(hw, t, space)
         points += [TrialPoint(g.hardware, t, s) for s in seeds for t in targets]
     return points

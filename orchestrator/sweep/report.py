@@ -47,7 +47,8 @@ def experiment_points(uri: str, experiment: str) -> dict[str, list[Point]]:
         hw = t.get("nas.hardware", "?")
         meta = {"run_id": r.info.run_id, "kind": kind, "unit": t.get("nas.latency_unit", ""),
                 "target": t.get("nas.target"), "search_run_id": t.get("nas.search_run_id", r.info.run_id),
-                "worker_seconds": m.get("point_worker_seconds")}
+                "worker_seconds": m.get("point_worker_seconds"),
+                "point": t.get("nas.point", "search")}  # "front": derived from a search's α under an extra budget
         out.setdefault(hw, []).append(Point(m["measured_latency"], 1.0 - m[acc_key], t.get("nas.arch", ""), meta))
     if not out:
         raise ValueError(f"experiment {experiment!r} at {uri} has no finished run with a measured latency "

@@ -42,6 +42,7 @@ def sweep_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestrator import tracking
+    from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
     from orchestrator.distributed import RunSpec, run_distributed_search
     from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
     from orchestrator.search.config import config_from_dict
@@ -65,29 +66,76 @@ def sweep_trial(config: dict) -> None:
     lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"))
     tracking.log_artifact_files(uri, res.run_id, {"latency.json": lat.to_json()})
     tracking.log_metrics(uri, res.run_id, {"measured_latency": lat.value}, step=res.search["steps"])
+    on_gpu = str(res.search.get("device", "cpu")).startswith("cuda")
     warm_share = warm["worker_seconds"] / ctx["trials_per_warmup"] if warm else 0.0
+    point = (search_cost(res.search.get("seconds", {}), res.worker_seconds, ctx["workers"], on_gpu)
+             + warmup_share(warm["worker_seconds"] if warm else 0.0, ctx["trials_per_warmup"], on_gpu)
+             + measurement_cost(lat.seconds, hw.startswith("cuda-")))
     cost = {"search_worker_seconds": res.worker_seconds, "warmup_share_worker_seconds": warm_share,
             "measure_seconds": lat.seconds}
     out = {"hardware": hw, "target": target, "seed": seed, "unit": lat.unit, "arch": arch,
            "search_run_id": res.run_id, "measured_latency": lat.value, "predicted_latency": lat.predicted,
            "supernet_valid_accuracy": res.search.get("valid_accuracy"), **cost}
+    within = {"within_budget": float(lat.value <= target), "predicted_within_budget": float(lat.predicted <= target)}
+    tracking.log_metrics(uri, res.run_id, within, step=res.search["steps"])
     if ctx["retrain"] is not None:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
-                "nas.latency_unit": lat.unit, "nas.latency_method": lat.method}
+                "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "search",
+                "nas.derive": res.search.get("derive", "argmax")}
         rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
-                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains", name=f"retrain-{key}", tracking_uri=uri,
+                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
+                            name=f"retrain-{key}", tracking_uri=uri,
                             experiment=experiment, parent_run_id=res.run_id, tags=tuple(tags.items()))
-        before = res.worker_seconds + warm_share + lat.seconds
         rt = run_retrain(arch, retrain_config_from_dict(ctx["retrain"]), rspec, callbacks=(TuneReportCallback(),),
                          extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
-                                        "target": target, **cost},
-                         extra_files={"latency.json": lat.to_json()})
-        point_ws = before + rt.worker_seconds
-        tracking.log_metrics(uri, rt.run_id, {"point_worker_seconds": point_ws,
-                                              "point_gpu_seconds": rt.gpu_seconds}, step=rt.epochs)
-        out.update(retrain_run_id=rt.run_id, val_accuracy=rt.val_accuracy, retrain_worker_seconds=rt.worker_seconds,
-                   point_worker_seconds=point_ws, point_gpu_seconds=rt.gpu_seconds)
+                                        "target": target, **within, **cost},
+                         extra_files={"latency.json": lat.to_json()}, cost_before=point)
+        point = point + retrain_cost(rt.worker_seconds, rt.gpu_seconds > 0)
+        out.update(retrain_run_id=rt.run_id, val_accuracy=rt.val_accuracy, retrain_worker_seconds=rt.worker_seconds)
     else:
-        out.update(point_worker_seconds=res.worker_seconds + warm_share + lat.seconds, point_gpu_seconds=0.0)
+        tracking.log_metrics(uri, res.run_id, {"point_worker_seconds": point.total_worker,
+                                               "point_gpu_seconds": point.total_gpu, **point.metrics()},
+                             step=res.search["steps"])
+    out.update(point_worker_seconds=point.total_worker, point_gpu_seconds=point.total_gpu)
+    if ctx["retrain"] is not None and ctx.get("fronts", {}).get(hw):
+        out["front_points"] = front_points(ctx, cfg, res, key, lineage)
     log.info("trial %s: %s", key, json.dumps(out, default=str))
     tune.report({**out, "trial_done": 1})
+
+
+def front_points(ctx: dict, cfg, res, key: str, lineage: dict) -> int:
+    """The grid's extra budgets for this hardware, derived from this trial's α (no further search): each distinct
+    net is measured on its hardware and retrained, tagged ``nas.point=front`` with its budget and its search.
+    Returns how many were retrained."""
+    from orchestrator import tracking
+    from orchestrator.cost import measurement_cost
+    from orchestrator.derive import derive_front, log_probs_from_alpha
+    from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
+    from orchestrator.search import resolve_latency
+    from orchestrator.sweep.measure import measure_latency
+
+    hw, table, uri = cfg.hardware, cfg.latency_table, ctx["tracking_uri"]
+    model = resolve_latency(cfg)
+    done, count = {res.search["arch"]}, 0
+    for d in derive_front(log_probs_from_alpha(res.search["alpha"], model), model, ctx["fronts"][hw]):
+        arch = d.arch.encode()
+        if arch in done:  # the same net as the trial's own, or as a looser budget's: one point is enough
+            continue
+        done.add(arch)
+        lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"))
+        within = {"within_budget": float(lat.value <= d.budget), "predicted_within_budget": 1.0}
+        tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{d.budget:g}",
+                "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "front",
+                "nas.front_budget": f"{d.budget:g}", "nas.derive": "budget"}
+        spec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+                           allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
+                           name=f"retrain-{key}-front-{d.budget:.4g}", tracking_uri=uri,
+                           experiment=ctx["experiment"], parent_run_id=res.run_id, tags=tuple(tags.items()))
+        run_retrain(arch, retrain_config_from_dict(ctx["retrain"]), spec,
+                    extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
+                                   "target": d.budget, "log_prob": d.log_prob, **within},
+                    extra_files={"latency.json": lat.to_json()},
+                    cost_before=measurement_cost(lat.seconds, hw.startswith("cuda-")))
+        count += 1
+    tracking.log_metrics(uri, res.run_id, {"front_points": count}, step=res.search["steps"])
+    return count
