@@ -235,6 +235,62 @@ def start_mlflow_server(workdir: Path, artifacts_destination: str | None = None,
         _stop_group(proc, grace=10)
 
 
+class RestartableMlflowServer:
+    """An ``mlflow server`` (SQLite backend, local artifacts in ``workdir``) that a test can stop and start again on
+    the same port and store: a tracking outage in the middle of a run. Use ``restartable_mlflow_server``."""
+
+    def __init__(self, workdir: Path, timeout: float = 90.0) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port, self.timeout = free_port(), timeout
+        self.log = self.workdir / "mlflow-server.log"
+        self.proc: subprocess.Popen | None = None
+        self.cmd = [str(VENV_BIN / "mlflow"), "server",
+                    "--backend-store-uri", f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}",
+                    "--artifacts-destination", (self.workdir / "artifacts").resolve().as_uri(),
+                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=_base_env(), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        _wait_http(f"{self.tracking_uri}/health", self.proc, self.log, self.timeout, "mlflow server")
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL to its whole process group: a crash, and no 10 s of graceful shutdown) and wait
+        until the port refuses connections."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session=True: the leader's pid is the group
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=10)
+            self.proc = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.1)
+
+
+@contextmanager
+def restartable_mlflow_server(workdir: Path):
+    """A started ``RestartableMlflowServer``; stopped when the block exits, whatever state the test left it in."""
+    server = RestartableMlflowServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(s3_server, tmp_path_factory):
     """An MLflow server: SQLite backend in a tmp dir, artifacts proxied to ``s3://<new bucket>/mlflow`` on the
