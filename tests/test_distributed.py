@@ -25,7 +25,8 @@ from tests.conftest import ROOT, assert_one_line_error, run_nas
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TINY = ROOT / "configs" / "tiny.yaml"
-OVERRIDES = ("epochs=2", "checkpoint_every=40", "log_every=2")  # 76 weight steps; checkpoints at 40 and 76
+# 38 weight steps of a global batch of 64 (steps cost about the same at 32 or 64 images); checkpoints at 20 and 38
+OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def s3_search(two_node_cluster, s3_server, tmp_path_factory):
     tracking = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
     cfg = load_config(TINY, OVERRIDES)
     spec = RunSpec(num_workers=2, cpus_per_worker=1.0, storage_path=f"s3://{bucket}/runs", name="s3-run",
-                   tracking_uri=tracking, experiment="dist-test", consistency_every=2)
+                   tracking_uri=tracking, experiment="dist-test", consistency_every=1)
     return run_distributed_search(cfg, spec), bucket, tracking
 
 
@@ -68,7 +69,7 @@ def test_two_workers_keep_alpha_identical_and_checkpoint_to_s3(s3_search, s3_ser
     search = res.search
     # every consistency check and every checkpoint saw the same α fingerprint on both ranks
     checks = search["consistency_checks"]
-    assert len(checks) >= 30
+    assert len(checks) >= 38
     assert all(len(fps) == 2 and fps[0] == fps[1] for _, fps in checks)
     assert checks[-1][1][0] == search["alpha_fingerprint"]
     assert search["rank_fingerprints"] == [search["alpha_fingerprint"]] * 2
@@ -105,13 +106,13 @@ def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path):
     baseline = s3_search[0].search
     cfg = load_config(TINY, OVERRIDES)
     spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="killed", tracking_uri=f"sqlite:///{tmp_path}/m.db",
-                   experiment="dist-kill", inject_failure_at_step=60, max_failures=2)
+                   experiment="dist-kill", inject_failure_at_step=30, max_failures=2)
     res = run_distributed_search(cfg, spec)
     assert res.search["restored"] is True  # the final worker group started from a checkpoint
-    assert res.search["resumed_from_step"] == 40  # the last checkpoint before the kill at step 60
+    assert res.search["resumed_from_step"] == 20  # the last checkpoint before the kill at step 30
     # the fault fired exactly once: its marker in the run's storage names the first kill
     marker = json.loads((tmp_path / "runs" / "killed" / "fault-injected.json").read_text())
-    assert marker == {"rank": 1, "step": 60}
+    assert marker == {"rank": 1, "step": 30}
     # resuming replays exactly: the same α bits and architecture as the uninterrupted search
     assert res.search["alpha_fingerprint"] == baseline["alpha_fingerprint"]
     assert res.search["arch"] == baseline["arch"]
@@ -160,7 +161,7 @@ def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_s
     s3_server.client().put_object(Bucket=bucket, Key=key,
                                   Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
     spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
-                   experiment="dist-test", consistency_every=2, max_failures=0)
+                   experiment="dist-test", consistency_every=1, max_failures=0)
     with pytest.raises(RuntimeError, match="refused") as err:
         run_distributed_search(load_config(TINY, OVERRIDES), spec)
     assert "\n" not in str(err.value)
@@ -169,7 +170,7 @@ def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_s
 
 # ---- more faults, each at a known step --------------------------------------------------------------------------
 
-SHORT = ("epochs=2", "log_every=5")  # 76 weight steps, one checkpoint at the end
+SHORT = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "log_every=2")  # 38 steps, a checkpoint at the end
 
 
 def _wait_for(probe, what: str, timeout: float = 300, driver: threading.Thread | None = None,
@@ -219,34 +220,36 @@ def _s3_json(s3, bucket: str, key: str) -> dict | None:
 
 
 def test_node_removed_mid_search_resumes_from_its_last_checkpoint(two_node_cluster, s3_search, s3_server, tmp_path):
-    """A node with a worker on it is removed at step 60 of a search with checkpoints on S3; a new node joins; the
-    search resumes from step 40, the last checkpoint, and ends on exactly the uninterrupted run's α."""
+    """A node with a worker on it is removed at step 30 of a search with checkpoints on S3; a new node joins; the
+    search resumes from step 20, the last checkpoint, and ends on exactly the uninterrupted run's α."""
     import ray
 
     baseline = s3_search[0].search
     bucket = s3_server.new_bucket()
     s3 = s3_server.client()
     spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="node-loss", experiment="dist-node",
-                   tracking_uri=f"sqlite:///{tmp_path}/m.db", pause_at_steps=(60,), max_failures=2)
+                   tracking_uri=f"sqlite:///{tmp_path}/m.db", pause_at_steps=(30,), max_failures=2)
     driver, box = _in_thread(run_distributed_search, load_config(TINY, OVERRIDES), spec)
-    paused = _wait_for(lambda: _s3_json(s3, bucket, "runs/node-loss/paused-60.json"), "the pause at step 60",
+    paused = _wait_for(lambda: _s3_json(s3, bucket, "runs/node-loss/paused-30.json"), "the pause at step 30",
                        driver=driver)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     steps = [_s3_json(s3, bucket, k)["step"] for k in keys if k.endswith("alpha_fingerprints.json")]
-    assert max(steps) == 40  # the last checkpoint written before the fault
+    assert max(steps) == 20  # the last checkpoint written before the fault
     victim = next(iter(two_node_cluster.worker_nodes))
     gone = victim.node_id
     assert gone in paused["nodes"]  # a worker of this search runs on the node that goes
     two_node_cluster.remove_node(victim)
-    # the node is really gone: none of its processes is alive, and Ray lists it dead
-    assert not victim.any_processes_alive()
-    _wait_for(lambda: any(n["NodeID"] == gone and not n["Alive"] for n in ray.nodes()), "Ray to list the node dead",
-              timeout=60)
-    new = two_node_cluster.add_node(num_cpus=1)
-    two_node_cluster.wait_for_nodes()
+    try:
+        # the node is really gone: none of its processes is alive, and Ray lists it dead
+        assert not victim.any_processes_alive()
+        _wait_for(lambda: any(n["NodeID"] == gone and not n["Alive"] for n in ray.nodes()),
+                  "Ray to list the node dead", timeout=60)
+    finally:
+        new = two_node_cluster.add_node(num_cpus=1)  # the module's later tests get their two nodes back
+        two_node_cluster.wait_for_nodes()
     res = _joined(driver, box)
     assert res.search["restored"] is True
-    assert res.search["resumed_from_step"] == 40
+    assert res.search["resumed_from_step"] == 20
     assert gone not in res.search["rank_nodes"] and new.node_id in res.search["rank_nodes"]
     assert res.search["alpha_fingerprint"] == baseline["alpha_fingerprint"]
     assert res.search["arch"] == baseline["arch"]
@@ -273,19 +276,19 @@ def test_diverged_rank_fails_the_run_loudly_and_is_not_retried(two_node_cluster,
 
 
 def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tmp_path):
-    """The driver process is SIGKILLed while its search stands at step 60; the same command resumes from the
-    checkpoint at step 40 and continues the same MLflow run, every curve point recorded once."""
+    """The driver process is SIGKILLed while its search stands at step 30; the same command resumes from the
+    checkpoint at step 20 and continues the same MLflow run, every curve point recorded once."""
     from mlflow import MlflowClient
 
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path}/m.db"
     cmd = [sys.executable, "-m", "tests.test_faults", "--name", "driver-kill", "--storage", str(storage),
-           "--tracking-uri", uri, "--experiment", "dist-driver", "--pause", "60"]
+           "--tracking-uri", uri, "--experiment", "dist-driver", "--pause", "30"]
     env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}
     with open(tmp_path / "first.log", "wb") as out:
         first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(lambda: (storage / "driver-kill" / "paused-60.json").exists(), "the pause at step 60", proc=first)
+        _wait_for(lambda: (storage / "driver-kill" / "paused-30.json").exists(), "the pause at step 30", proc=first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
@@ -295,44 +298,44 @@ def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tm
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
     out = json.loads(second.stdout.strip().splitlines()[-1])
-    assert out["resumed_from_step"] == 40 and out["run_id"] == run_id
+    assert out["resumed_from_step"] == 20 and out["run_id"] == run_id
     (run,) = client.search_runs([client.get_experiment_by_name("dist-driver").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.tags["nas.driver_restarts"] == "1" and run.data.tags["nas.arch"] == out["arch"]
-    # the first driver recorded steps 2..58, the second replayed 41..76 and recorded only what was missing
+    # the first driver recorded steps 1..29, the second replayed 21..38 and recorded only what was missing
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
-    assert steps == list(range(2, 77, 2))
+    assert steps == list(range(1, 39))
 
 
-def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_cluster, tmp_path):
-    """The MLflow server stops after step 10 and comes back at step 50: the search never waits on it, and the points
-    logged meanwhile reach it afterwards, with their own steps; the run records how many came late."""
+def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_cluster, mlflow_server, tmp_path):
+    """The MLflow server is killed after step 6 and started again at step 26: the search never waits on it, and the
+    points logged meanwhile reach it afterwards, with their own steps; the run records how many came late."""
     from mlflow import MlflowClient
 
-    from tests.servers import restartable_mlflow_server
-
-    with restartable_mlflow_server(tmp_path / "mlflow") as server:
-        spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",
-                       tracking_uri=server.tracking_uri, pause_at_steps=(10, 50))
-        run_dir = tmp_path / "runs" / "outage"
-        driver, box = _in_thread(run_distributed_search, load_config(TINY, SHORT), spec)
-        _wait_for(lambda: (run_dir / "paused-10.json").exists(), "the pause at step 10", driver=driver)
+    server = mlflow_server.control  # the session's server: killed and restarted on the same port and store
+    spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",
+                   tracking_uri=server.tracking_uri, pause_at_steps=(6, 26))
+    run_dir = tmp_path / "runs" / "outage"
+    driver, box = _in_thread(run_distributed_search, load_config(TINY, SHORT), spec)
+    try:
+        _wait_for(lambda: (run_dir / "paused-6.json").exists(), "the pause at step 6", driver=driver)
         server.stop()
-        (run_dir / "release-10").write_bytes(b"")
-        _wait_for(lambda: (run_dir / "paused-50.json").exists(), "the pause at step 50", driver=driver)
+        (run_dir / "release-6").write_bytes(b"")
+        _wait_for(lambda: (run_dir / "paused-26.json").exists(), "the pause at step 26", driver=driver)
+    finally:
         back = time.time()
-        server.start()
-        (run_dir / "release-50").write_bytes(b"")
-        res = _joined(driver, box)
-        client = MlflowClient(tracking_uri=server.tracking_uri)
-        run = client.get_run(res.run_id)
-        history = client.get_metric_history(res.run_id, "loss")
+        if not server.running:
+            server.start()
+        (run_dir / "release-26").write_bytes(b"")
+    res = _joined(driver, box)
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    run = client.get_run(res.run_id)
+    history = client.get_metric_history(res.run_id, "loss")
     assert run.info.status == "FINISHED"
-    steps = sorted(m.step for m in history)
-    assert steps == [*range(5, 76, 5), 76]  # every point once, those of the outage included
-    late = [m for m in history if 10 <= m.step < 50]
-    assert len(late) == 8 and all(m.timestamp < back * 1000 for m in late)  # logged during the outage, sent later
+    assert sorted(m.step for m in history) == list(range(2, 39, 2))  # every point once, the outage's included
+    late = [m for m in history if 6 <= m.step < 26]
+    assert len(late) == 10 and all(m.timestamp < back * 1000 for m in late)  # logged in the outage, sent later
     tracked = res.search["tracking"]
     assert tracked["unsent"] == [] and tracked["dropped_metrics"] == 0
-    assert run.data.metrics["tracking_deferred_points"] >= 8
+    assert run.data.metrics["tracking_deferred_points"] >= 10
     assert tracked["seconds"] < 10  # rank 0 never stood waiting for the absent server

@@ -16,7 +16,8 @@ import torch
 from tests.conftest import ROOT
 
 TINY = ROOT / "configs" / "tiny.yaml"
-DRIVER_OVERRIDES = ("epochs=2", "checkpoint_every=40", "log_every=2")  # as tests/test_distributed.py's OVERRIDES
+# as tests/test_distributed.py's OVERRIDES
+DRIVER_OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
 
 
 # ---- two ranks on gloo, in spawned processes ----------------------------------------------------------------------
