@@ -1,8 +1,9 @@
 """Benchmark: data-parallel search throughput with 1 and 2 Ray Train workers, and the cost of synchronisation.
 
-Each configuration runs the real weight and architecture steps of ``orchestrator.search`` inside Ray Train workers
-(gloo on CPU) for a fixed number of steps after a short warm-up, timing in the workers so that Ray's start-up is not
-counted. "no sync" skips the gradient all-reduce (ranks then drift apart: not a valid search, only the cost baseline).
+Each configuration runs the real weight and architecture steps of ``orchestrator.search`` on the training core inside
+Ray Train workers (gloo on CPU), each rank reading its share of every global batch through the data feed, for a
+fixed number of steps after a short warm-up, timing in the workers so that Ray's start-up is not counted.
+"no sync" skips the gradient all-reduce (ranks then drift apart: not a valid search, only the cost baseline).
 
     .venv/bin/python -m benchmarks.distributed [--steps 60] [--space digits-32]
 
@@ -21,31 +22,32 @@ OUT = Path(__file__).parent / "out" / "distributed.json"
 
 
 def _worker(config: dict) -> dict:
-    import ray.train
     import torch
 
-    from orchestrator.distributed import allreduce_mean
-    from orchestrator.search import init_state, load_config, load_data, resolve_latency
-    from orchestrator.search.sampling import batch_indices, generator
-    from orchestrator.search.steps import arch_step, no_sync, weight_step
+    from orchestrator.distributed import worker_runtime
+    from orchestrator.search import init_state, load_config, open_data, resolve_latency
+    from orchestrator.search.driver import search_feeds
+    from orchestrator.search.steps import arch_step, weight_step
+    from orchestrator.train.runtime import Comm
 
-    torch.set_num_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    class Unsynced(Comm):
+        """This rank among its peers, without averaging: the cost baseline only (ranks drift apart)."""
+
+        def __init__(self, rank: int, world: int) -> None:
+            self.rank, self.world = rank, world
+
+    rt = worker_runtime(False, "fp32", False, 1)
+    if not config["sync"]:
+        rt.comm = Unsynced(rt.rank, rt.world)
     cfg = load_config(config["config"], [f"space={config['space']}", "warmup_epochs=0"])
-    data = load_data(cfg)
-    state = init_state(cfg, resolve_latency(cfg), len(data.train) // cfg.weight.batch_size)
-    x, y = data.train.tensors
-    hx, hy = data.holdout.tensors
-    sync = allreduce_mean if config["sync"] else no_sync
-    b = cfg.weight.batch_size
+    train, holdout = search_feeds(cfg, open_data(cfg), rt.rank, rt.world)
+    state = init_state(cfg, resolve_latency(cfg), train.batches_per_epoch, rt)
+    batches, held_out = train.stream(0), holdout.stream(0)
 
     def step(i: int) -> None:
-        idx = batch_indices(len(x), b, generator(0, "bench", i))[rank::world]
-        weight_step(state, x[idx], y[idx], sync=sync)
+        weight_step(state, *rt.batch(*next(batches)))
         if i % cfg.arch.update_every == 0:
-            hidx = batch_indices(len(hx), cfg.arch.batch_size, generator(0, "bench-h", i))[rank::world]
-            arch_step(state, hx[hidx], hy[hidx], sync=sync)
+            arch_step(state, *rt.batch(*next(held_out)))
 
     for i in range(config["warmup"]):
         step(i)
@@ -57,7 +59,7 @@ def _worker(config: dict) -> dict:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     elapsed = time.perf_counter() - t0
-    return {"seconds": elapsed, "steps": config["steps"], "global_batch": b}
+    return {"seconds": elapsed, "steps": config["steps"], "global_batch": cfg.weight.batch_size}
 
 
 def run(workers: int, sync: bool, args) -> dict:
@@ -87,11 +89,12 @@ def main() -> None:
     p.add_argument("--storage", default=str(Path("benchmarks/out/ray").resolve()))
     args = p.parse_args()
 
-    import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    rows = [run(1, True, args), run(2, True, args), run(2, False, args)]
-    ray.shutdown()
+    from orchestrator.ray_session import quiet_ray_env, ray_session
+
+    quiet_ray_env()
+    with ray_session(num_cpus=2):
+        rows = [run(1, True, args), run(2, True, args), run(2, False, args)]
     one, two, nosync = rows
     summary = {
         "speedup_2_workers": one["ms_per_step"] / two["ms_per_step"],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["latency_table", "loader", "supernet_memory", "distributed", "imagenet_step", "sweep", "derive"]
+BENCHMARKS = ["latency_table", "loader", "data_overlap", "supernet_memory", "distributed", "search_cost",
+              "fidelity", "sweep", "derive"]
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ network holds the chosen one, so extraction copies modules (and weights) rather 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -65,15 +67,24 @@ class MBConv(nn.Module):
         return self.project(self.depthwise(x))
 
 
-def init_weights(module: nn.Module) -> None:
+LINEAR_INITS = ("normal", "uniform")
+
+
+def init_weights(module: nn.Module, *, linear: str = "normal", zero_last_gamma: bool = True) -> None:
     """MobileNet-style initialisation, used for every network the project builds.
 
-    Residual branches start at zero ("zero-init last BN gamma", Goyal et al. 2017; torchvision's
-    ``zero_init_residual``, timm's ``zero_init_last``): in any module with ``shortcut`` set (a network's ``Block``,
-    a supernet's ``MixedBlock``) the projecting BN of every ``MBConv`` gets gamma 0, so each residual block starts as
-    the identity. In a single-path supernet this keeps the shortcut's signal intact while the sampled candidates
-    change from step to step.
+    Convolutions: He normal with fan-out (the official ``he_fout``); BN: gamma 1, beta 0. ``linear``: ``normal`` is
+    N(0, 0.01) (MobileNet, torchvision), ``uniform`` is U(±1/sqrt(fan_in)) as the official ``init_model``; biases 0.
+
+    ``zero_last_gamma``: residual branches start at zero ("zero-init last BN gamma", Goyal et al. 2017;
+    torchvision's ``zero_init_residual``, timm's ``zero_init_last``): in any module with ``shortcut`` set (a
+    network's ``Block``, a supernet's ``MixedBlock``) the projecting BN of every ``MBConv`` gets gamma 0, so each
+    residual block starts as the identity. In a single-path supernet this keeps the shortcut's signal intact while
+    the sampled candidates change from step to step. The official code does not do it; with it, the binary gates'
+    gradients of residual blocks are exactly 0 until weight training moves those gammas.
     """
+    if linear not in LINEAR_INITS:
+        raise ValueError(f"linear init must be one of {', '.join(LINEAR_INITS)}, got {linear!r}")
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -81,8 +92,14 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0, 0.01)
+            else:
+                bound = 1.0 / math.sqrt(m.weight.shape[1])
+                nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
+    if not zero_last_gamma:
+        return
     for m in module.modules():
         if getattr(m, "shortcut", False) is True:
             for op in m.modules():

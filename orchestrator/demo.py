@@ -70,6 +70,9 @@ def main(out_dir: str = "demo-out", name: str | None = None):
     from orchestrator.sweep.config import base_config
     from orchestrator.sweep.report import compare_fronts
 
+    from orchestrator.ray_session import quiet_ray_env
+
+    quiet_ray_env()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ray", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

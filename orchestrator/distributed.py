@@ -216,6 +216,25 @@ def worker_runtime(use_gpu: bool, precision: str, channels_last: bool, threads: 
     return Runtime(device=device, precision=Precision(precision, channels_last), comm=DistComm())
 
 
+class RankZeroBar:
+    """Rank 0's progress bar, drawn on the driver's console by Ray (``ray.experimental.tqdm_ray``)."""
+
+    def __init__(self, total: int, done: int, desc: str) -> None:
+        from ray.experimental.tqdm_ray import tqdm
+
+        self.bar, self.desc = tqdm(desc=desc, total=total, unit="step"), desc
+        self.bar.update(done)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.bar.set_description(f"{self.desc} " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def restored_state(file: str, what: str) -> dict | None:
     """The state in this run's latest reported checkpoint (``weights_only``), or None on a fresh start."""
     import ray.train
@@ -294,7 +313,7 @@ def train_loop_per_worker(config: dict) -> dict:
     try:
         result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint,
                             resume=resume, latency=resolve_latency(cfg), warm_start=warm,
-                            warmup_only=spec.warmup_only)
+                            warmup_only=spec.warmup_only, progress=RankZeroBar if rank == 0 else False)
     except RanksDiverged as e:
         log.error("rank %d: %s", rank, e)
         return {"diverged": str(e), "consistency_checks": checks}
@@ -454,9 +473,11 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     from orchestrator.provenance import provenance
     from orchestrator.ray_session import ray_session
     from orchestrator.search import open_data, resolve_latency
+    from orchestrator.search.driver import search_feeds
 
     latency = resolve_latency(cfg)  # unknown hardware or a bad table fails here, before any worker starts
     data = open_data(cfg)  # so does data that does not fit the space (its classes), or that is not there
+    search_feeds(cfg, data, 0, spec.num_workers)  # and batches that do not split over the workers
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
@@ -469,10 +490,16 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
         tags = {"nas.kind": "search", "nas.space": space.name, "nas.space_fingerprint": space.fingerprint(),
                 "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
                 "nas.storage": f"{storage}/{name}", "nas.data": data.where, **dict(spec.tags)}
-        run_id, _ = tracked_run(storage, name, uri, spec.experiment, lambda: tracking.create_run(
-            uri, spec.experiment, name, params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
-                                                "provenance": provenance(), "latency": latency.provenance},
-            tags=tags, parent_run_id=spec.parent_run_id))
+
+        def create() -> str:
+            new_id = tracking.create_run(uri, spec.experiment, name,
+                                         params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
+                                                 "provenance": provenance()},
+                                         tags=tags, parent_run_id=spec.parent_run_id)
+            log_latency_model(uri, new_id, latency)
+            return new_id
+
+        run_id, _ = tracked_run(storage, name, uri, spec.experiment, create)
         result, wall = fit_tracked(
             "search", name, train_loop_per_worker,
             {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
@@ -495,6 +522,18 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     log_search_result(uri, run_id, out, cost={**search_cost(out, worker_seconds, wall, on_gpu), **gap})
     tracking.end_run(uri, run_id)
     return DistributedResult(out, run_id, uri, storage, name, ckpt_path, worker_seconds, wall)
+
+
+def log_latency_model(uri: str, run_id: str, latency) -> None:
+    """The latency model a search optimised against: its provenance as an artifact, its held-out validation
+    (within ±10%, Spearman, MAPE, noise floor, and the plain table's figures) as metrics."""
+    from orchestrator import tracking
+    from orchestrator.latency.calibrate import validation_metrics
+
+    tracking.log_artifact_files(uri, run_id, {"latency_model.json": json.dumps(
+        {"hardware": latency.hardware, "unit": latency.unit, "provenance": latency.provenance}, indent=1,
+        default=str)})
+    tracking.log_metrics(uri, run_id, validation_metrics(latency.provenance), step=0)
 
 
 def search_cost(search: dict, worker_seconds: float, wall: float, on_gpu: bool) -> dict[str, float]:

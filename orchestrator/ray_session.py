@@ -1,4 +1,6 @@
-"""Joining or starting Ray for a command: the one place that decides which cluster a driver talks to."""
+"""Joining or starting Ray for a command: the one place that decides which cluster a driver talks to, and what of
+Ray's own chatter reaches the user's console (progress and results do; Ray's internal messages go to its logs).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,28 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+
+# Ray's internal messages that carry nothing a user can act on. Worker output matching this never reaches the
+# driver's console (it stays in the session's log files under /tmp/ray/session_latest/logs).
+RAY_NOISE = "|".join([
+    r"State API may be temporarily unavailable",  # Train's placement-group cleaner without a dashboard
+    r"constructor arguments in the object store and max_restarts",  # core_worker.cc, Train's preemption watcher
+    r"Setting up process group for",
+    r"Reporting training result \d+",
+    r"Checkpoint successfully created at",
+    r"Requesting resources:|Attempting to start training worker group|Started training worker group",
+    r"world_rank=\d+, local_rank=\d+",
+    r"To visualize your results with TensorBoard",
+    r"Found multiple active Ray instances",  # another user's local Ray on the same machine
+])
+
+
+def quiet_ray_env() -> None:
+    """Environment that keeps Ray's internal messages off the console; call before Ray is imported (the CLI and
+    the demo do). A user's own settings of these variables win."""
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOISE)
+    # Tune's CSV/JSON/TensorBoard result loggers: MLflow is the record; they only add hints and invalid-value warnings
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 @contextlib.contextmanager
@@ -21,11 +45,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    logging.getLogger("ray").setLevel(logging.ERROR)  # before init: its notices (token auth) print during init
+    quiet = dict(logging_level=logging.ERROR,  # the driver's own Ray logger: e.g. the token-auth notice
+                 logging_config=ray.LoggingConfig(log_level="WARNING"))  # workers: no INFO chatter of Ray Train
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **quiet)
     else:
+        # The dashboard (loopback only) serves Ray's State API, which Ray Train's placement-group cleaner polls:
+        # without it the cleaner cannot tell whether a run's controller is alive.
         ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                 logging_level=logging.WARNING, include_dashboard=False)
+                 include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     try:
         yield
     finally:

@@ -158,14 +158,12 @@ def _load_retrain_state(state: RetrainState, saved: dict, cfg: RetrainConfig, ar
 
 def train_net(arch: str, cfg: RetrainConfig, *, rt=None, data: Splits | None = None,
               on_epoch: Callable[[RetrainState, dict], None] | None = None, resume: dict | None = None,
-              progress: bool = False) -> tuple[torch.nn.Module, RetrainState]:
+              progress: bool | Callable[..., Any] = False) -> tuple[torch.nn.Module, RetrainState]:
     """Train ``arch`` from scratch with ``cfg`` on this rank of ``rt``; ``on_epoch(state, row)`` after each epoch's
     evaluation. The net's initialisation and every batch are functions of the seeds only, so every rank builds the
     same net, and resuming from ``resume`` (a ``retrain_state_dict``) continues exactly."""
-    from tqdm.auto import tqdm
-
     from orchestrator.network import build_net
-    from orchestrator.search.driver import local_batch
+    from orchestrator.search.driver import local_batch, progress_bar
     from orchestrator.train.core import Trainer, cosine_lr, evaluate, metrics_window, read_window, sgd
     from orchestrator.train.runtime import Precision, Runtime, average_bn_stats
 
@@ -191,7 +189,7 @@ def train_net(arch: str, cfg: RetrainConfig, *, rt=None, data: Splits | None = N
         _load_retrain_state(state, resume, cfg, arch)
     total = cfg.epochs * spe
     stream = train.stream(state.step)
-    bar = tqdm(total=total, initial=state.step, disable=not progress, desc="retrain", unit="step")
+    bar = progress_bar(progress, total, state.step, "retrain")
     window: dict = {}
     t0 = time.perf_counter()
     while state.step < total:
@@ -290,7 +288,13 @@ def train_loop_per_worker(config: dict) -> dict:
     """Runs on every Train worker: restore or start, train on this rank's device with averaged gradients,
     evaluate once across ranks and report a checkpoint every epoch."""
     from orchestrator import tracking
-    from orchestrator.distributed import report_checkpoint, restored_state, seed_rank_rng, worker_runtime
+    from orchestrator.distributed import (
+        RankZeroBar,
+        report_checkpoint,
+        restored_state,
+        seed_rank_rng,
+        worker_runtime,
+    )
     from orchestrator.state_io import state_bytes
 
     cfg = retrain_config_from_dict(config["retrain"])
@@ -306,7 +310,8 @@ def train_loop_per_worker(config: dict) -> dict:
             sink.log(row, step=row["epoch"])
         report_checkpoint(row, {CHECKPOINT_FILE: saved} if rt.rank == 0 else None)
 
-    net, state = train_net(config["arch"], cfg, rt=rt, on_epoch=on_epoch, resume=resume)
+    net, state = train_net(config["arch"], cfg, rt=rt, on_epoch=on_epoch, resume=resume,
+                           progress=RankZeroBar if rt.rank == 0 else False)
     if sink is not None:
         sink.flush(force=True)
     # Train refuses tensors in a return value: the weights travel as torch.save bytes

@@ -41,7 +41,15 @@ class MixedBlock(nn.Module):
         op = self.ops[index]
         return None if op.is_zero else self.candidates[op.encode()]
 
-    def forward(self, x: torch.Tensor, active: Sequence[int], gates: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, active: Sequence[int], gates: torch.Tensor | None = None, *,
+                no_grad_inactive: bool = False) -> torch.Tensor:
+        """Run the candidates in ``active``; with ``gates``, their gated sum y = Σ g_j o_j (plus the shortcut).
+
+        ``no_grad_inactive``: ``active[0]`` is the active candidate (gate 1) and runs with autograd; the others
+        carry gate 0 and run under ``no_grad``. A zero gate passes no gradient into its candidate, and the gate's
+        own gradient ∂L/∂g_j = <∂L/∂y, o_j> needs only the output o_j, so the gate gradients are those of running
+        every candidate with autograd, without the inactive ones' backward (as the official two and full_v2
+        modes)."""
         if gates is None:
             if len(active) != 1:
                 raise ValueError("several active candidates need gates to weigh them")
@@ -53,11 +61,16 @@ class MixedBlock(nn.Module):
             if len(gates) != len(active):
                 raise ValueError(f"{len(active)} active candidates but {len(gates)} gates")
             y = None
-            for g, idx in zip(gates, active):
+            for k, (g, idx) in enumerate(zip(gates, active)):
                 module = self.candidate(idx)
                 if module is None:
                     continue  # zero contributes nothing, so its gate's gradient is 0
-                term = g * module(x)
+                if k == 0 or not no_grad_inactive:
+                    out = module(x)
+                else:
+                    with torch.no_grad():
+                        out = module(x)
+                term = g * out
                 y = term if y is None else y + term
             if y is None:
                 return x
@@ -65,24 +78,28 @@ class MixedBlock(nn.Module):
 
 
 class Supernet(nn.Module):
-    """Stem, one ``MixedBlock`` per searchable position, head. Architecture logits live in ``ArchLogits``."""
+    """Stem, one ``MixedBlock`` per searchable position, head. Architecture logits live in ``ArchLogits``.
 
-    def __init__(self, space: SearchSpace) -> None:
+    ``linear_init`` and ``zero_last_gamma`` choose the initialisation (``orchestrator.blocks.init_weights``)."""
+
+    def __init__(self, space: SearchSpace, *, linear_init: str = "normal", zero_last_gamma: bool = True) -> None:
         super().__init__()
         self.space = space
         widths = space.widths()
         self.stem = make_stem(space, widths)
         self.blocks = nn.ModuleList(MixedBlock(spec, space) for spec in space.blocks())
         self.head = Head(widths.stages[-1], widths.head, space.num_classes, space.dropout, bn_kwargs(space))
-        init_weights(self)
+        init_weights(self, linear=linear_init, zero_last_gamma=zero_last_gamma)
 
-    def forward(self, x: torch.Tensor, path: Path, gates: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, path: Path, gates: Sequence[torch.Tensor | None] | None = None, *,
+                no_grad_inactive: bool = False) -> torch.Tensor:
+        """One candidate per block (``path``), or with ``gates`` several, gated (``MixedBlock.forward``)."""
         if len(path) != len(self.blocks):
             raise ValueError(f"path has {len(path)} entries, supernet has {len(self.blocks)} blocks")
         x = self.stem(x)
         for i, (block, active) in enumerate(zip(self.blocks, path)):
             active = (active,) if isinstance(active, int) else tuple(active)
-            x = block(x, active, None if gates is None else gates[i])
+            x = block(x, active, None if gates is None else gates[i], no_grad_inactive=no_grad_inactive)
         return self.head(x)
 
     def extract(self, arch: Arch) -> ProxylessNet:

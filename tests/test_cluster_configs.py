@@ -393,4 +393,4 @@ def test_operator_guide_covers_the_workflow():
                  "ray down cluster/aws.yaml", "ray start --head", "ray start --address", "RAY_API_SERVER_ADDRESS",
                  "RAY_AUTH_MODE", "kubectl port-forward", "cluster/kuberay/rayjob.yaml"):
         assert must in text, must
-    assert "### 8. Cost" in text and "GPU-hours" in text and "benchmarks.imagenet_step" in text
+    assert "### 8. Cost" in text and "GPU-hours" in text and "benchmarks.search_cost" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.latency.calibrate import CalibrationConfig
 from orchestrator.latency.hardware import HardwareProfile
 from orchestrator.latency.measure import MeasureConfig
 from orchestrator.latency.runner import build_table
@@ -32,16 +33,20 @@ def two_nodes():
 
 
 def test_build_runs_on_node_with_the_hardware(two_nodes):
+    """Every chunk of a calibrated build (plain entries, calibration and validation networks) runs on the node
+    that offers the hardware."""
     profile, worker_id = two_nodes
-    cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0)
-    table = build_table(TINY, profile, cfg, use_ray=True)
+    cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0, min_rounds=4, max_rounds=4)
+    cal = CalibrationConfig(networks=4, group_size=2, validate=3)
+    table = build_table(TINY, profile, cfg, use_ray=True, calibration=cal)
     assert table.provenance.node_id == worker_id
     assert table.provenance.hardware == "cpu-labelled"
     assert set(required_keys(TINY)) <= set(table.entries)
+    assert table.provenance.calibration["rounds"] == [4, 4] and table.provenance.validation["samples"] == 3
     table.to_model()
 
 
 def test_build_for_absent_hardware_is_refused(two_nodes):
     cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0)
     with pytest.raises(ValueError, match="no node in the Ray cluster offers hardware 'cpu-nowhere'"):
-        build_table(TINY, HardwareProfile("cpu-nowhere", "cpu"), cfg, use_ray=True)
+        build_table(TINY, HardwareProfile("cpu-nowhere", "cpu"), cfg, use_ray=True, calibration=None)

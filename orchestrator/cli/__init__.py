@@ -26,6 +26,8 @@ def app(verbose: int) -> None:
     """Hardware-aware ProxylessNAS at cluster scale."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic"):  # their INFO lines (database set-up) are not the user's business
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _register() -> None:
@@ -41,6 +43,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run ``app`` and turn user errors into one line and a non-zero exit."""
+    from orchestrator.ray_session import quiet_ray_env
+
+    quiet_ray_env()
     _register()
     try:
         rc = app.main(args=argv, prog_name="nas", standalone_mode=False)

@@ -45,49 +45,71 @@ def _out_for(out: str, hardware: str, several: bool) -> str:
               help="Profile to measure (repeatable; 'all' = every hw:<name> resource in the cluster; "
                    "default: this node's device).")
 @click.option("--space", "space_name", required=True, help="Search space name, e.g. digits-32.")
+@click.option("--calibrate", "networks", type=int, default=60, show_default=True,
+              help="Whole networks to calibrate the entries on (0: the plain table).")
+@click.option("--validate", "validate_n", type=int, default=30, show_default=True,
+              help="Held-out networks to validate on after the build (0: none); figures go into the provenance.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Calibration networks' seed.")
+@click.option("--validation-seed", type=int, default=1, show_default=True,
+              help="Held-out networks' seed (must differ from --seed).")
+@click.option("--group-size", type=int, default=30, show_default=True,
+              help="Networks timed round-robin together (one task each).")
 @click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="Torch intra-op threads on CPU.")
+@click.option("--threads", type=int, default=None, help="Torch intra-op threads on CPU [default: 1].")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls before timing.")
-@click.option("--repeats", type=int, default=30, show_default=True, help="Timed repeats per entry.")
-@click.option("--min-repeat-ms", type=float, default=2.0, show_default=True,
-              help="Each repeat times enough calls to last at least this long.")
-@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
-              help="Which statistic of the repeats an entry's latency is.")
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-              help="Wall time, or the thread's CPU time (CPU, 1 thread: ignores time a busy host takes away).")
-@click.option("--method", type=click.Choice(["isolated", "in-network"]), default="isolated", show_default=True,
-              help="Time each module alone, or where it runs inside a whole network.")
+@click.option("--warmup", type=int, default=None, help="Untimed passes before timing entries [default: 5].")
+@click.option("--repeats", type=int, default=None, help="Timed passes per plain entry [default: 60].")
+@click.option("--min-repeat-ms", type=float, default=None,
+              help="Each repeat times enough calls to last at least this long [default: 0].")
+@click.option("--statistic", type=click.Choice(["median", "min"]), default=None,
+              help="Which statistic of the repeats a plain entry is [default: min].")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=None,
+              help="Thread CPU time (CPU, 1 thread: ignores time a busy host takes away) or wall time "
+                   "[default: cpu on CPU with 1 thread, else wall].")
+@click.option("--method", type=click.Choice(["isolated", "in-network"]), default=None,
+              help="Time each plain entry alone, or where it runs inside a whole network [default: in-network].")
+@click.option("--min-rounds", type=int, default=None, help="Whole networks: least round-robin rounds [default: 20].")
+@click.option("--max-rounds", type=int, default=None, help="Whole networks: most rounds [default: 80].")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: from the hardware's kind).")
-@click.option("--resolution", type=int, default=None, help="Input side (default: the space's).")
+@click.option("--resolution", type=int, default=None,
+              help="Input side (default: the space's; else the table is for the variant SPACE[r<side>]).")
 @click.option("--local", "local", is_flag=True, help="Measure in this process instead of as Ray tasks.")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
 @click.option("--out", "out", required=True, help="Table URI: a path or s3://bucket/key; '{hardware}' is replaced.")
-def build(hardware: tuple[str, ...], space_name: str, batch_size: int, threads: int, dtype: str, warmup: int,
-          repeats: int, min_repeat_ms: float, statistic: str, clock: str, method: str, device: str | None,
-          resolution: int | None, local: bool, address: str | None, endpoint: str | None, out: str) -> None:
-    """Measure every (block, candidate) of a space, plus stem and head, on each named hardware."""
+def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n: int, seed: int,
+          validation_seed: int, group_size: int, batch_size: int, threads: int | None, dtype: str,
+          warmup: int | None, repeats: int | None, min_repeat_ms: float | None, statistic: str | None,
+          clock: str | None, method: str | None, min_rounds: int | None, max_rounds: int | None,
+          device: str | None, resolution: int | None, local: bool, address: str | None, endpoint: str | None,
+          out: str) -> None:
+    """Measure every (block, candidate) of a space, plus stem and head, on each named hardware; calibrate the
+    entries on whole networks there and validate them on held-out ones."""
     import contextlib
 
-    from orchestrator.latency.measure import MeasureConfig
-    from orchestrator.latency.runner import build_tables
+    from orchestrator.latency.calibrate import CalibrationConfig
+    from orchestrator.latency.measure import default_config
+    from orchestrator.latency.runner import build_tables, describe
     from orchestrator.ray_session import ray_session
     from orchestrator.spaces import get_space
 
     space = get_space(space_name)
+    calibration = CalibrationConfig(networks=networks, group_size=group_size, seed=seed, validate=validate_n,
+                                    validation_seed=validation_seed)
+    settings = dict(batch_size=batch_size, threads=threads, dtype=dtype, warmup=warmup, repeats=repeats,
+                    min_repeat_ms=min_repeat_ms, resolution=resolution, statistic=statistic, clock=clock,
+                    method=method, min_rounds=min_rounds, max_rounds=max_rounds)
     with contextlib.nullcontext() if local else ray_session(address):
         profiles = _profiles(hardware, device or "cpu", not local)
         uris = [_out_for(out, p.name, len(profiles) > 1) for p in profiles]
-        settings = dict(batch_size=batch_size, threads=threads, dtype=dtype, warmup=warmup, repeats=repeats,
-                        min_repeat_ms=min_repeat_ms, resolution=resolution, statistic=statistic, clock=clock,
-                        method=method)
-        jobs = [(p, MeasureConfig(device=device or p.device, **settings)) for p in profiles]
-        tables = build_tables(space, jobs, use_ray=not local)
+        jobs = [(p, default_config(device or p.device, **settings)) for p in profiles]
+        tables = build_tables(space, jobs, use_ray=not local, calibration=calibration)
     for table, uri in zip(tables, uris):
-        table.to_model(space)
+        table.to_model()
         table.save(uri, endpoint)
         click.echo(f"{uri}: {table.provenance.hardware} ({len(table.entries)} entries)")
+        if table.provenance.validation:
+            click.echo(f"  {describe(table.provenance.validation)}")
 
 
 @latency.command("import")
@@ -113,49 +135,61 @@ def import_(file: str, fmt: str, hardware: str, space_name: str, endpoint: str |
 @click.option("--table", "table_uri", required=True, help="Table URI (path or s3://).")
 @click.argument("arch")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plain", is_flag=True, help="Sum the plain entries (before calibration on whole networks).")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
-def predict(table_uri: str, arch: str, as_json: bool, endpoint: str | None) -> None:
-    """Latency in ms of ARCH (an architecture string or a net.config file) by the table's sum of entries."""
+def predict(table_uri: str, arch: str, as_json: bool, plain: bool, endpoint: str | None) -> None:
+    """Latency in ms of ARCH (an architecture string or a net.config file) by the table's (calibrated) entries.
+
+    ARCH may name a K-class variant of the table's space (``proxyless-imagenet[c100]:...``): its head is priced
+    for its own classes."""
     from orchestrator.latency.table import LatencyTable
     from orchestrator.netconfig import load_arch
 
     table = LatencyTable.load(table_uri, endpoint)
     a = load_arch(arch)
-    ms = table.predict(a)
+    ms = table.predict(a, plain=plain)
     if as_json:
         click.echo(json.dumps({"arch": a.encode(), "hardware": table.provenance.hardware, "latency_ms": ms,
-                               "table": table_uri}))
+                               "table": table_uri, "calibrated": bool(table.provenance.calibration
+                                                                      and table.provenance.calibration.get("networks"))
+                               and not plain}))
     else:
         click.echo(f"{ms:.3f} ms")
 
 
 @latency.command("validate")
 @click.option("--table", "table_uri", required=True, help="Table URI (path or s3://).")
-@click.option("--samples", type=int, default=50, show_default=True, help="Random architectures to measure.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples", type=int, default=30, show_default=True, help="Held-out networks to measure.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Held-out networks' seed (must differ from the table's calibration seed).")
+@click.option("--uniform", is_flag=True,
+              help="Draw the networks uniformly (a narrow latency range) instead of spread across the range.")
+@click.option("--record", is_flag=True, help="Write the figures into the table's provenance (replaces the table).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every sample.")
 @click.option("--local", "local", is_flag=True, help="Measure in this process instead of as Ray tasks.")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
-def validate(table_uri: str, samples: int, seed: int, as_json: bool, local: bool, address: str | None,
-             endpoint: str | None) -> None:
-    """Measure random whole networks on the table's hardware and compare with its predictions."""
+def validate(table_uri: str, samples: int, seed: int, uniform: bool, record: bool, as_json: bool, local: bool,
+             address: str | None, endpoint: str | None) -> None:
+    """Measure held-out whole networks on the table's hardware; score the table and its plain entries."""
     import contextlib
 
-    from orchestrator.latency.runner import config_of, validate_table
-    from orchestrator.ray_session import ray_session
+    from orchestrator.latency.runner import config_of, describe, validate_table
     from orchestrator.latency.table import LatencyTable
+    from orchestrator.ray_session import ray_session
 
     table = LatencyTable.load(table_uri, endpoint)
     table.to_model()
     config_of(table)
     with contextlib.nullcontext() if local else ray_session(address):
-        v = validate_table(table, samples, seed, not local)
+        v = validate_table(table, samples, seed, not local, spread=not uniform)
+    if record:
+        table.with_provenance(validation=v).save(table_uri, endpoint)
+    p = table.provenance
     if as_json:
-        click.echo(json.dumps(v.to_dict()))
+        click.echo(json.dumps({"hardware": p.hardware, "space": p.space, "table": table_uri, **v}))
     else:
-        click.echo(f"{v.hardware} on {v.space}: {v.samples} samples, MAPE {v.mape:.1%}, "
-                   f"Spearman {v.spearman:.3f}, within ±10% {v.within_10pct:.0%}")
+        click.echo(f"{p.hardware} on {p.space}: {describe(v)}")
 
 
 @latency.command("hardware")

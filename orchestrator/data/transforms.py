@@ -1,8 +1,8 @@
 """The standard ImageNet transforms (torchvision ``transforms.v2``) and the image decoder shared by all readers.
 
-Weight steps see RandomResizedCrop + horizontal flip; architecture steps (the held-out split) and validation
-see Resize + CenterCrop, as ProxylessNAS does. Both end in ImageNet's mean/std normalisation and take either
-a PIL image (ImageFolder) or a decoded uint8 tensor (shards).
+Weight steps see RandomResizedCrop + horizontal flip, optionally with the official colour distortion;
+architecture steps (the held-out split) and validation see Resize + CenterCrop, as ProxylessNAS does. Both end
+in ImageNet's mean/std normalisation and take either a PIL image (ImageFolder) or a decoded uint8 tensor (shards).
 """
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ def _check(resolution: int) -> None:
         raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
 
 
-COLOR_JITTER = {  # the official data provider's ``distort_color`` settings
+# Colour distortion of the official data provider (mit-han-lab/proxylessnas, ``build_train_transform``):
+# ``normal`` is the search default, ``strong`` the retraining default.
+COLOR_JITTER: dict[str, dict[str, float] | None] = {
     "none": None,
-    "normal": dict(brightness=32.0 / 255.0, saturation=0.5),  # the official search default
-    "strong": dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),  # the official retrain default
+    "normal": {"brightness": 32.0 / 255.0, "saturation": 0.5},
+    "strong": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
 }
 
 
 def train_transform(resolution: int, color_jitter: str = "none") -> v2.Compose:
-    """Random-resized crop, flip and (optionally) colour distortion for weight training."""
+    """Random-resized crop, flip and optional colour distortion (``none | normal | strong``) for weight training.
+
+    The jitter runs after the flip, on the uint8 image, as the official code's ``ColorJitter`` on the PIL image."""
     _check(resolution)
     if color_jitter not in COLOR_JITTER:
-        raise ValueError(f"color_jitter: must be one of {', '.join(COLOR_JITTER)}, got {color_jitter!r}")
+        raise ValueError(f"color_jitter must be one of {', '.join(COLOR_JITTER)}, got {color_jitter!r}")
     jitter = COLOR_JITTER[color_jitter]
     return v2.Compose([
         v2.ToImage(),

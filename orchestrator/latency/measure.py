@@ -1,16 +1,29 @@
-"""Timing on the hardware at hand: every table entry and every whole network go through the same harness.
+"""Timing on the hardware at hand: table entries, and whole networks timed part by part, round-robin.
 
-The harness runs warm-up calls, then ``repeats`` timed repeats; each repeat times enough back-to-back calls to
-last at least ``min_repeat_ms`` (so the clock's resolution and the loop's own cost vanish) and records the
-mean time per call. The entry keeps the median of the repeats, which is robust to a busy neighbour, and the
-spread. Entries are timed as the modules the network runs (a block includes its shortcut add), so the sum of
-entries predicts the whole network timed by the same harness.
+Entries: the harness runs warm-up calls, then ``repeats`` timed repeats (``isolated``: the module alone;
+``in-network``: each module where it runs inside a whole network, one call per module per pass).
+
+Whole networks (calibration and validation): a group of networks plus a fixed reference network is run
+round-robin, one forward pass per network per round in a shuffled order, and every part of a pass (stem, each
+block, head) is timed on its own. A network's latency is the sum over its parts of each part's minimum over the
+rounds: on a shared host a neighbour slows a whole pass somewhere almost every time, while each short part is
+seen undisturbed in some round. The rounds are split in two halves (even and odd) whose estimates give the
+measurement's own noise floor; rounds continue until that floor is below ``target_floor`` or ``max_rounds``.
+The reference network, timed in every round of every group, tracks how fast the host is at the time.
+
+The C allocator is pinned while measuring (``pin_allocator``): glibc otherwise returns large freed activations
+to the system and takes page faults to get them back, which costs as much as the stem itself and depends on the
+allocation history, not on the network.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -19,11 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.arch import Arch
+from orchestrator.arch import Arch, Op
 from orchestrator.blocks import init_weights
 from orchestrator.latency.table import HEAD, STEM, EntryStats, block_key
 from orchestrator.network import Block, Head, ProxylessNet, bn_kwargs, make_op, make_stem
 from orchestrator.spaces import SearchSpace
+
+log = logging.getLogger(__name__)
 
 STATISTICS = ("median", "min")
 # ``in-network`` times each module where it runs in a whole network (caches and predictors as in deployment).
@@ -31,6 +46,8 @@ METHODS = ("isolated", "in-network")
 # ``cpu`` counts only the time this thread ran, so a neighbour's load does not inflate it (valid for 1 thread).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ALLOCATORS = ("pinned", "system")
+REFERENCE = "reference"  # the key of the reference network in a group's results
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,10 @@ class MeasureConfig:
     statistic: str = "median"  # which per-repeat statistic an entry's latency is
     clock: str = "wall"  # wall time, or this thread's CPU time (single-threaded CPU runs on a shared host)
     method: str = "isolated"  # time each entry's module alone, or "in-network": inside a running network
+    allocator: str = "pinned"  # "pinned": no trimming or mmap of freed memory while measuring; "system": as is
+    min_rounds: int = 20  # whole networks: at least this many round-robin rounds
+    max_rounds: int = 80  # ... and at most this many
+    target_floor: float = 0.015  # ... stopping once two halves of the rounds agree to this median relative gap
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -70,10 +91,65 @@ class MeasureConfig:
             raise ValueError(f"unknown clock {self.clock!r} (known: {', '.join(CLOCKS)})")
         if self.clock == "cpu" and (self.device != "cpu" or self.threads != 1):
             raise ValueError("the cpu clock measures one thread's CPU time: use it only with --device cpu --threads 1")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator setting {self.allocator!r} (known: {', '.join(ALLOCATORS)})")
+        if not 2 <= self.min_rounds <= self.max_rounds:
+            raise ValueError(f"need 2 <= min_rounds <= max_rounds, got {self.min_rounds} and {self.max_rounds}")
+        if not 0 < self.target_floor < 1:
+            raise ValueError(f"target_floor must be in (0, 1), got {self.target_floor}")
 
     def space_at_resolution(self, space: SearchSpace) -> SearchSpace:
         """The space whose block shapes this measurement uses (the space itself unless a resolution is given)."""
-        return space if self.resolution in (None, space.resolution) else replace(space, resolution=self.resolution)
+        return space if self.resolution in (None, space.resolution) else space.variant(resolution=self.resolution)
+
+
+def default_config(device: str = "cpu", **overrides) -> MeasureConfig:
+    """The settings that validate best on ``device`` (see the README's latency benchmark); ``overrides`` that are
+    not None win.
+
+    CPU: one thread, the thread's CPU clock, minimum of the repeats, entries timed inside whole networks.
+    CUDA: the same with the wall clock (synchronised per part); never run here (no GPU)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = dict(device=device, threads=None if device.startswith("cuda") else 1, statistic="min",
+               method="in-network", warmup=5, repeats=60, min_repeat_ms=0.0)
+    cfg.update(given)
+    if "clock" not in given:
+        cfg["clock"] = "cpu" if cfg["device"] == "cpu" and cfg["threads"] == 1 else "wall"
+    return MeasureConfig(**cfg)
+
+
+_PINNED: str | None = None
+
+
+def allocator_state() -> str:
+    """How the C allocator is set in this process now (pinning lasts for the process)."""
+    return _PINNED or "system"
+
+
+def pin_allocator() -> str:
+    """Keep freed memory in the C heap (glibc: no trimming, no mmap for large blocks) for the rest of the process.
+
+    A network's activations are freed and reallocated on every pass; by default glibc gives large blocks back to
+    the system and page-faults them in again, which adds up to half of the stem's time and depends on what ran
+    before. Pinned, a pass reuses warm memory as a long-running inference server does. The setting is
+    process-wide and stays (memory is not returned to the system until the process ends): measurement processes
+    (Ray tasks, ``nas latency``) are short-lived. Returns what was done, for provenance."""
+    global _PINNED
+    if _PINNED is not None:
+        return _PINNED
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        version = libc.gnu_get_libc_version
+    except (OSError, AttributeError, TypeError):
+        _PINNED = "system (not glibc)"
+        return _PINNED
+    version.restype = ctypes.c_char_p
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    _PINNED = f"glibc {version().decode()} mallopt: no mmap, no trim" if ok else "system (mallopt refused)"
+    log.info("allocator for measurement: %s", _PINNED)
+    return _PINNED
 
 
 @contextlib.contextmanager
@@ -82,6 +158,8 @@ def runtime(cfg: MeasureConfig) -> Iterator[torch.device]:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.device!r} asked for, but no CUDA device is visible on this node")
+    if cfg.allocator == "pinned":
+        pin_allocator()
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -167,9 +245,7 @@ def entry_module(space: SearchSpace, key: str) -> tuple[nn.Module, tuple[int, ..
     return module, shape
 
 
-def _parse_block_key(key: str, space: SearchSpace):
-    from orchestrator.arch import Op
-
+def _parse_block_key(key: str, space: SearchSpace) -> tuple[int, Op]:
     head, _, token = key.partition(":")
     if not (head.startswith("b") and head[1:].isdigit() and token):
         raise ValueError(f"malformed table key {key!r}: expected 'stem', 'head' or 'bNN:OP' such as 'b03:k5e6'")
@@ -194,15 +270,19 @@ def measure_entries(space: SearchSpace, keys: list[str], cfg: MeasureConfig,
     return out
 
 
-def measure_arch(arch: Arch, space: SearchSpace, cfg: MeasureConfig) -> EntryStats:
-    """Time the whole standalone network of ``arch`` end to end with the same harness; call inside ``runtime``."""
-    device = torch.device(cfg.device)
+def head_ms_per_class(space: SearchSpace, cfg: MeasureConfig, device: torch.device) -> float:
+    """The classifier's cost per class in ms: the head's linear layer timed at several class counts, least-squares
+    slope. It prices the head of a K-class variant of the space from the table's own head; call inside ``runtime``."""
+    width = space.widths().head
     dtype = DTYPES[cfg.dtype]
-    shaped = cfg.space_at_resolution(space)
-    net = ProxylessNet(arch, space).to(device=device, dtype=dtype).eval()
-    x = torch.randn((cfg.batch_size, shaped.in_channels, shaped.resolution, shaped.resolution),
-                    device=device, dtype=dtype)
-    return summarize(time_calls(net, x, cfg, device), cfg.statistic)
+    counts = sorted({10, 100, 1000, 2000, space.num_classes})
+    x = torch.randn((cfg.batch_size, width), device=device, dtype=dtype)
+    timing = replace(cfg, min_repeat_ms=max(cfg.min_repeat_ms, 1.0), repeats=max(cfg.repeats // 3, 5))
+    costs = []
+    for k in counts:
+        layer = nn.Linear(width, k).to(device=device, dtype=dtype).eval()
+        costs.append(float(time_calls(layer, x, timing, device).min()))
+    return max(0.0, float(np.polyfit(counts, costs, 1)[0]))
 
 
 def cover_arch(space: SearchSpace, column: int) -> Arch:
@@ -236,11 +316,104 @@ def measure_in_network(space: SearchSpace, column: int, cfg: MeasureConfig,
     shaped = cfg.space_at_resolution(space)
     arch = cover_arch(space, column)
     net = ProxylessNet(arch, space).to(device=device, dtype=dtype).eval()
-    parts = [(STEM, net.stem), *((block_key(i, op), b) for i, (b, op) in enumerate(zip(net.blocks, arch.ops))),
-             (HEAD, net.head)]
+    parts = network_parts(net)
     x = torch.randn((cfg.batch_size, shaped.in_channels, shaped.resolution, shaped.resolution),
                     device=device, dtype=dtype)
     samples = time_parts(parts, x, cfg, device)
     wanted = space.candidates[column].encode()
     keep = [k for k, _ in parts if column == 0 or k.endswith(":" + wanted)]
     return {k: summarize(samples[k], cfg.statistic, overhead_ms) for k in keep}
+
+
+# ---- whole networks, part by part, round-robin -------------------------------------------------------------------
+def network_parts(net: ProxylessNet) -> list[tuple[str, nn.Module]]:
+    """A network as the parts a table prices, in order: stem, one block per searchable position, head."""
+    return [(STEM, net.stem), *((block_key(i, op), b) for i, (b, op) in enumerate(zip(net.blocks, net.arch.ops))),
+            (HEAD, net.head)]
+
+
+def reference_arch(space: SearchSpace) -> Arch:
+    """The fixed network timed in every group: the middle kernel at the smallest expansion on every block."""
+    kernels, expands = sorted(space.kernels), sorted(space.expands)
+    op = Op(kernels[len(kernels) // 2], expands[0])
+    return space.arch_from_indices([space.candidate_index(op)] * space.num_blocks)
+
+
+@dataclass(frozen=True)
+class NetworkTiming:
+    """One network timed part by part in a group of round-robin passes."""
+
+    arch: str
+    parts_ms: dict[str, float]  # each part's minimum over the rounds, by table key
+    latency_ms: float  # the network's latency: the sum of its parts' minima
+    halves_ms: tuple[float, float]  # the same estimate from the even rounds and from the odd rounds
+    whole_min_ms: float  # the fastest single pass (the sum of one pass's parts)
+    whole_halves_ms: tuple[float, float]  # the fastest pass among the even rounds and among the odd rounds
+
+
+@dataclass(frozen=True)
+class GroupTiming:
+    """A group of networks and the reference network, timed in the same rounds."""
+
+    networks: tuple[NetworkTiming, ...]
+    reference: NetworkTiming
+    rounds: int
+    noise_floor: float  # median relative gap between the two halves' estimates, over the group's networks
+
+
+def halves_gap(samples: np.ndarray) -> np.ndarray:
+    """Per network, |even/odd - 1| of the sum of part minima, from samples of shape (rounds, networks, parts)."""
+    even = samples[0::2].min(axis=0).sum(axis=-1)
+    odd = samples[1::2].min(axis=0).sum(axis=-1)
+    return np.abs(even / odd - 1.0)
+
+
+def time_network_group(space: SearchSpace, archs: list[Arch], cfg: MeasureConfig, seed: int = 0) -> GroupTiming:
+    """Time ``archs`` and the reference network round-robin, part by part; call inside ``runtime(cfg)``.
+
+    Every round runs each network once in a fresh shuffled order (seeded), so no network always follows the
+    same one. Rounds go on in steps of 5 from ``cfg.min_rounds`` until the halves agree to ``cfg.target_floor``
+    (median over the group) or ``cfg.max_rounds`` is reached."""
+    device = torch.device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    shaped = cfg.space_at_resolution(space)
+    everyone = [reference_arch(space), *archs]
+    nets = [ProxylessNet(a, space).to(device=device, dtype=dtype).eval() for a in everyone]
+    parts = [network_parts(n) for n in nets]
+    x = torch.randn((cfg.batch_size, shaped.in_channels, shaped.resolution, shaped.resolution),
+                    device=device, dtype=dtype)
+    sync = _sync(device)
+    clock = CLOCKS[cfg.clock]
+    rng = random.Random(seed)
+    order = list(range(len(nets)))
+    for _ in range(max(1, min(cfg.warmup, 3))):
+        for net in nets:
+            net(x)
+    samples = np.empty((cfg.max_rounds, len(nets), len(parts[0])))
+    rounds = 0
+    while rounds < cfg.max_rounds:
+        rng.shuffle(order)
+        for i in order:
+            h = x
+            row = samples[rounds, i]
+            for m, (_, module) in enumerate(parts[i]):
+                sync()
+                t0 = clock()
+                h = module(h)
+                sync()
+                row[m] = clock() - t0
+        rounds += 1
+        if rounds >= cfg.min_rounds and (rounds - cfg.min_rounds) % 5 == 0:
+            if float(np.median(halves_gap(samples[:rounds]))) <= cfg.target_floor:
+                break
+    ms = samples[:rounds] * 1e3
+    gaps = halves_gap(ms)
+    even, odd = ms[0::2].min(axis=0).sum(axis=-1), ms[1::2].min(axis=0).sum(axis=-1)
+    minima = ms.min(axis=0)
+    passes = ms.sum(axis=-1)
+    whole, whole_even, whole_odd = passes.min(axis=0), passes[0::2].min(axis=0), passes[1::2].min(axis=0)
+    timings = [NetworkTiming(a.encode(), {k: float(v) for (k, _), v in zip(p, minima[i])}, float(minima[i].sum()),
+                             (float(even[i]), float(odd[i])), float(whole[i]),
+                             (float(whole_even[i]), float(whole_odd[i])))
+               for i, (a, p) in enumerate(zip(everyone, parts))]
+    return GroupTiming(tuple(timings[1:]), timings[0], rounds, float(np.median(gaps)))

@@ -4,6 +4,8 @@ Official keys name layer shapes (``expanded_conv-input:56x56x24-output:28x28x40-
 idskip:0``); each block and candidate of the space is mapped to its shape key, and the stem (first conv plus
 the fixed first block) and head (feature mix plus logits) are sums of their official entries. Values are
 ``{count, mean, var}`` in ms; the mean is the latency. The original key stays in each entry's ``source_key``.
+The table prices the space's body; a K-class variant reuses it with the logits layer scaled by K/1000 (the
+official table has no other class count, and the layer's cost is its K x 1280 weights).
 """
 
 from __future__ import annotations
@@ -101,10 +103,14 @@ def import_proxyless_yaml(uri: str, hardware: str = "pixel1", space: SearchSpace
         entries[key] = EntryStats(latency_ms=mean, count=min(p[2] for p in parts), mean_ms=mean,
                                   std_ms=math.sqrt(var) if math.isfinite(var) and var >= 0 else None,
                                   source_key="+".join(sources))
+    logits = _entry(raw, mapping[HEAD][-1], uri)[0]
     prov = Provenance(
         hardware=profile.name, hardware_kind=profile.kind, space=space.name, space_fingerprint=space.fingerprint(),
         resolution=space.resolution, batch_size=1, dtype="float32", threads=None, device="mobile",
         device_name="Google Pixel 1 (official ProxylessNAS table)", torch_version=None, cuda_version=None,
         created=utc_now(), statistic="mean", source=f"{FORMAT}:{uri}",
+        body_fingerprint=space.body_fingerprint(), head_classes=space.num_classes,
+        # the official table prices only the 1000-class logits: other class counts scale that layer linearly
+        head_ms_per_class=logits / space.num_classes,
     )
     return LatencyTable(prov, entries)

@@ -27,7 +27,9 @@ def latency_model(hardware: str, space: SearchSpace, table: str | None = None) -
     """The latency model for ``hardware`` on ``space``: analytic for ``flops``, else from a table.
 
     ``pixel1`` defaults to the official table beside the project; a measured profile (``cpu-...``,
-    ``cuda-...``) needs ``table``, a Parquet URI (local or ``s3://``) built for that hardware and space.
+    ``cuda-...``) needs ``table``, a Parquet URI (local or ``s3://``) built for that hardware and space body.
+    ``space`` may be a task variant of the table's space that changes only the classes (``tiny[c3]``): the
+    table's body is reused and the head priced for the variant. Another body or hardware is refused.
     """
     profile = parse_profile(hardware)
     if profile.kind == "analytic":

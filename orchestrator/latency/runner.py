@@ -1,32 +1,41 @@
 """Building and validating measured tables, in this process or as Ray tasks on the node that has the hardware.
 
-Work is split into chunks (stem and head; one block position with all its candidates; a few whole networks).
-On Ray each chunk is a task that asks for one unit of the hardware's custom resource (``hw:<name>``), so chunks
-run only on a node with that hardware and one at a time there (measurements would disturb each other), while
-different hardware runs in parallel. The driver shows progress as chunks finish.
+A build is one command per hardware: the plain entries (one chunk per candidate column, or per block position
+when isolated), then groups of whole calibration networks and of held-out validation networks, all timed on the
+hardware; the driver fits the calibrated entries and scores them. On Ray each chunk is a task that asks for one
+unit of the hardware's custom resource (``hw:<name>``), so chunks run only on a node with that hardware and one
+at a time there (measurements would disturb each other), while different hardware runs in parallel. Without Ray
+(``use_ray=False``) the same chunks run in this process. The driver shows progress as chunks finish.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from orchestrator.arch import Arch
+from orchestrator.latency import calibrate
+from orchestrator.latency.calibrate import CalibrationConfig, compare  # noqa: F401  (compare: re-exported)
 from orchestrator.latency.hardware import HardwareProfile, device_name
 from orchestrator.latency.measure import (
+    REFERENCE,
+    GroupTiming,
     MeasureConfig,
+    allocator_state,
     entry_keys,
     harness_overhead,
-    measure_arch,
+    head_ms_per_class,
     measure_entries,
     measure_in_network,
+    pin_allocator,
+    reference_arch,
     runtime,
+    time_network_group,
 )
 from orchestrator.latency.table import HEAD, STEM, EntryStats, LatencyTable, Provenance, utc_now
 from orchestrator.spaces import SearchSpace, get_space
@@ -44,12 +53,15 @@ class NodeInfo:
     node_id: str | None
     hostname: str
     overhead_ms: float
+    allocator: str = "system"
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     entries: dict[str, EntryStats]
     node: NodeInfo
+    group: GroupTiming | None = None  # whole networks timed part by part (calibration, validation)
+    head_ms_per_class: float | None = None
 
 
 def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
@@ -63,17 +75,19 @@ def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
             node_id = ray.get_runtime_context().get_node_id()
     except ImportError:
         pass
+    allocator = pin_allocator() if cfg.allocator == "pinned" else allocator_state()
     return NodeInfo(device_name(cfg.device), torch.__version__, torch.version.cuda, node_id, socket.gethostname(),
-                    overhead_ms)
+                    overhead_ms, allocator)
 
 
 def measure_chunk(space_name: str, keys: list[str], cfg: MeasureConfig) -> ChunkResult:
-    """Node side of a build: time ``keys`` of the space on this node's ``cfg.device``."""
+    """Node side of an isolated build: time ``keys`` of the space on this node's ``cfg.device``."""
     space = get_space(space_name)
     with runtime(cfg) as device:
         overhead = harness_overhead(cfg, device)
         entries = measure_entries(space, keys, cfg, overhead)
-    return ChunkResult(entries, _node_info(cfg, overhead))
+        per_class = head_ms_per_class(space, cfg, device) if HEAD in keys else None
+    return ChunkResult(entries, _node_info(cfg, overhead), head_ms_per_class=per_class)
 
 
 def measure_network_chunk(space_name: str, column: int, cfg: MeasureConfig) -> ChunkResult:
@@ -82,15 +96,29 @@ def measure_network_chunk(space_name: str, column: int, cfg: MeasureConfig) -> C
     with runtime(cfg) as device:
         overhead = harness_overhead(replace(cfg, min_repeat_ms=0.0), device)
         entries = measure_in_network(space, column, cfg, overhead)
-    return ChunkResult(entries, _node_info(cfg, overhead))
+        per_class = head_ms_per_class(space, cfg, device) if column == 0 else None
+    return ChunkResult(entries, _node_info(cfg, overhead), head_ms_per_class=per_class)
+
+
+def measure_group_chunk(space_name: str, archs: list[str], cfg: MeasureConfig, seed: int = 0) -> ChunkResult:
+    """Node side of calibration and validation: time whole networks and the reference round-robin, part by part."""
+    space = get_space(space_name)
+    with runtime(cfg):
+        group = time_network_group(space, [space.parse(a) for a in archs], cfg, seed)
+    return ChunkResult(_group_entries(group), _node_info(cfg, 0.0), group=group)
 
 
 def measure_archs_chunk(space_name: str, archs: list[str], cfg: MeasureConfig) -> ChunkResult:
-    """Node side of a validation: time whole networks, keyed by their architecture strings."""
-    space = get_space(space_name)
-    with runtime(cfg):
-        entries = {a: measure_arch(space.parse(a), space, cfg) for a in archs}
-    return ChunkResult(entries, _node_info(cfg, 0.0))
+    """Time whole networks, keyed by their architecture strings, as validation times them (with the reference
+    network, under the key ``reference``, to compare hosts or times)."""
+    return measure_group_chunk(space_name, archs, cfg)
+
+
+def _group_entries(group: GroupTiming) -> dict[str, EntryStats]:
+    def stats(t) -> EntryStats:
+        return EntryStats(latency_ms=t.latency_ms, count=group.rounds, min_ms=t.whole_min_ms)
+
+    return {**{t.arch: stats(t) for t in group.networks}, REFERENCE: stats(group.reference)}
 
 
 def build_chunks(space: SearchSpace) -> list[list[str]]:
@@ -141,45 +169,86 @@ def run_ray(jobs: Sequence[Job], profile: HardwareProfile, cfg: MeasureConfig, d
 
 
 # ---- build ------------------------------------------------------------------------------------------------------
-def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig, use_ray: bool) -> LatencyTable:
-    """Measure every entry of ``space`` on ``profile``'s hardware and return the table with its provenance."""
+def _group_jobs(space: SearchSpace, archs: list[Arch], cfg: MeasureConfig, size: int, seed: int) -> list[Job]:
+    return [(measure_group_chunk, (space.name, [a.encode() for a in g], cfg, seed + i), len(g) + 1)
+            for i, g in enumerate(calibrate.groups_of(archs, size))]
+
+
+def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig, use_ray: bool,
+                calibration: CalibrationConfig | None = CalibrationConfig()) -> LatencyTable:
+    """Measure every entry of ``space`` on ``profile``'s hardware, calibrate and validate on whole networks there
+    (``calibration``, by default 60 and 30 networks; None: a plain table, still with its reference network's
+    latency), and return the table."""
     if not profile.measured:
         raise ValueError(f"hardware {profile.name!r} is {profile.kind}, not measured: nothing to build")
     if (profile.kind == "cuda") != cfg.device.startswith("cuda"):
         raise ValueError(f"hardware {profile.name!r} is {profile.kind} but --device is {cfg.device!r}")
+    space = cfg.space_at_resolution(space)
+    cfg = replace(cfg, resolution=None)
+    cal = calibration or CalibrationConfig(networks=0, validate=0)
     if cfg.method == "in-network":
-        jobs = [(measure_network_chunk, (space.name, c, cfg), space.num_blocks) for c in range(len(space.candidates))]
+        plain_jobs = [(measure_network_chunk, (space.name, c, cfg), space.num_blocks)
+                      for c in range(len(space.candidates))]
     else:
-        jobs = [(measure_chunk, (space.name, keys, cfg), len(keys)) for keys in build_chunks(space)]
+        plain_jobs = [(measure_chunk, (space.name, keys, cfg), len(keys)) for keys in build_chunks(space)]
+    cal_archs = calibrate.spread_archs(space, cal.networks, cal.seed, calibrate.CALIBRATION)
+    val_archs = calibrate.spread_archs(space, cal.validate, cal.validation_seed, calibrate.VALIDATION,
+                                       exclude=[a.encode() for a in cal_archs])
+    cal_jobs = _group_jobs(space, cal_archs, cfg, cal.group_size, 0) or [(measure_group_chunk,
+                                                                          (space.name, [], cfg, 0), 1)]
+    val_jobs = _group_jobs(space, val_archs, cfg, cal.group_size, 1000)
+    jobs = plain_jobs + cal_jobs + val_jobs
     desc = f"build {profile.name}"
     results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
-    entries: dict[str, EntryStats] = {}
-    for r in results:
-        entries.update(r.entries)
-    node = results[0].node
+    plain_res = results[:len(plain_jobs)]
+    cal_groups = [r.group for r in results[len(plain_jobs):len(plain_jobs) + len(cal_jobs)]]
+    val_groups = [r.group for r in results[len(plain_jobs) + len(cal_jobs):]]
+    plain: dict[str, EntryStats] = {}
+    for r in plain_res:
+        plain.update(r.entries)
+    plain = dict(sorted(plain.items(), key=lambda kv: _order(space)[kv[0]]))
+    level = calibrate.reference_level(cal_groups)
+    entries, scale = calibrate.fit_entries(plain, cal_groups, level, cal.prior_weight) if cal_archs else (plain, 1.0)
+    calibration_info = {
+        "networks": len(cal_archs), "seed": cal.seed, "stream": f"{calibrate.CALIBRATION}:{cal.seed}",
+        "prior_weight": cal.prior_weight, "plain_scale": scale, "group_size": cal.group_size,
+        "rounds": [g.rounds for g in cal_groups], "noise_floor": [g.noise_floor for g in cal_groups],
+        "reference_arch": reference_arch(space).encode(), "reference_ms": level,
+        "reference_by_group_ms": [g.reference.latency_ms for g in cal_groups],
+        "min_rounds": cfg.min_rounds, "max_rounds": cfg.max_rounds, "target_floor": cfg.target_floor,
+        "archs": [a.encode() for a in cal_archs],
+    }
+    node = plain_res[0].node
+    per_class = next((r.head_ms_per_class for r in plain_res if r.head_ms_per_class is not None), None)
     prov = Provenance(
         hardware=profile.name, hardware_kind=profile.kind, space=space.name, space_fingerprint=space.fingerprint(),
-        resolution=cfg.resolution or space.resolution, batch_size=cfg.batch_size, dtype=cfg.dtype,
+        resolution=space.resolution, batch_size=cfg.batch_size, dtype=cfg.dtype,
         threads=cfg.threads, device=cfg.device, device_name=node.device_name, torch_version=node.torch_version,
         cuda_version=node.cuda_version, created=utc_now(),
         warmup=cfg.warmup, repeats=cfg.repeats, min_repeat_ms=cfg.min_repeat_ms, statistic=cfg.statistic,
         clock=cfg.clock, method=cfg.method, source="measured",
-        call_overhead_ms=float(np.median([r.node.overhead_ms for r in results])),
+        call_overhead_ms=0.0 if cal_archs else float(np.median([r.node.overhead_ms for r in plain_res])),
         node_id=",".join(sorted({r.node.node_id for r in results if r.node.node_id})) or None,
         hostname=",".join(sorted({r.node.hostname for r in results})),
+        body_fingerprint=space.body_fingerprint(), head_classes=space.num_classes, head_ms_per_class=per_class,
+        allocator=node.allocator, calibration=calibration_info,
     )
-    return LatencyTable(prov, dict(sorted(entries.items(), key=lambda kv: _order(space)[kv[0]])))
+    table = LatencyTable(prov, entries)
+    if val_groups:
+        table = table.with_provenance(validation=validation_record(table, val_groups, cal.validation_seed))
+        log.info("%s on %s: %s", profile.name, space.name, describe(table.provenance.validation))
+    return table
 
 
-def build_tables(space: SearchSpace, jobs: Sequence[tuple[HardwareProfile, MeasureConfig]],
-                 use_ray: bool) -> list[LatencyTable]:
+def build_tables(space: SearchSpace, jobs: Sequence[tuple[HardwareProfile, MeasureConfig]], use_ray: bool,
+                 calibration: CalibrationConfig | None = CalibrationConfig()) -> list[LatencyTable]:
     """Build one table per (profile, config); on Ray the different hardware is measured at the same time."""
     if not use_ray or len(jobs) == 1:
-        return [build_table(space, p, cfg, use_ray) for p, cfg in jobs]
+        return [build_table(space, p, cfg, use_ray, calibration) for p, cfg in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        return list(pool.map(lambda job: build_table(space, job[0], job[1], True), jobs))
+        return list(pool.map(lambda job: build_table(space, job[0], job[1], True, calibration), jobs))
 
 
 def _order(space: SearchSpace) -> dict[str, int]:
@@ -191,68 +260,72 @@ def config_of(table: LatencyTable) -> MeasureConfig:
     p = table.provenance
     if p.source != "measured":
         raise ValueError(f"table {p.hardware!r} was imported ({p.source}); it can only be validated on its hardware")
+    rounds = {k: p.calibration[k] for k in ("min_rounds", "max_rounds", "target_floor")
+              if p.calibration and k in p.calibration}
     return MeasureConfig(batch_size=p.batch_size, threads=p.threads, dtype=p.dtype, device=p.device,
                          warmup=p.warmup or 0, repeats=p.repeats or 3, min_repeat_ms=p.min_repeat_ms or 0.0,
-                         resolution=p.resolution, statistic=p.statistic, clock=p.clock,
-                         method=p.method)
+                         statistic=p.statistic, clock=p.clock, method=p.method,
+                         allocator="pinned" if p.allocator and "no mmap" in p.allocator else "system", **rounds)
 
 
 # ---- validation -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Validation:
-    """Table predictions against end-to-end measurements of random architectures."""
-
-    hardware: str
-    space: str
-    samples: int
-    mape: float
-    spearman: float
-    within_10pct: float
-    mean_error: float
-    archs: tuple[str, ...]
-    predicted_ms: tuple[float, ...]
-    measured_ms: tuple[float, ...]
-
-    def to_dict(self, details: bool = True) -> dict:
-        d = asdict(self)
-        if not details:
-            for k in ("archs", "predicted_ms", "measured_ms"):
-                d.pop(k)
-        return d
-
-
-def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """MAPE, Spearman rank correlation, share within ±10% and mean signed error of predictions."""
-    from scipy.stats import spearmanr
-
-    p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    if len(p) < 3 or len(p) != len(m):
-        raise ValueError(f"need at least 3 paired samples to compare, got {len(p)} and {len(m)}")
-    rel = (p - m) / m
-    return {"mape": float(np.abs(rel).mean()), "spearman": float(spearmanr(p, m).statistic),
-            "within_10pct": float((np.abs(rel) <= 0.10).mean()), "mean_error": float(rel.mean())}
-
-
-def sample_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
-    if n < 3:
-        raise ValueError(f"validation needs at least 3 samples, got {n}")
-    rng = random.Random(seed)
-    return [space.random_arch(rng) for _ in range(n)]
-
-
-def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, chunk: int = 5) -> Validation:
-    """Measure ``samples`` random architectures end to end on the table's hardware and score its predictions."""
+def reference_ms(table: LatencyTable) -> float:
+    """The reference network's latency when the table was built (older tables: the table's own prediction)."""
+    cal = table.provenance.calibration or {}
+    if "reference_ms" in cal:
+        return float(cal["reference_ms"])
     space = table.space()
-    model = table.to_model(space)
+    return table.to_model(space).exact(reference_arch(space))
+
+
+def reference_factor(table: LatencyTable, result: ChunkResult) -> float:
+    """The factor that puts networks timed in ``result`` (``measure_archs_chunk``) at the host speed the table
+    was built at: the table's reference latency over the reference network timed with them."""
+    return reference_ms(table) / result.entries[REFERENCE].latency_ms
+
+
+def validation_record(table: LatencyTable, groups: Sequence[GroupTiming], seed: int) -> dict:
+    """The figures of a validation on ``groups`` (see ``calibrate.score``), with when, what and how it ran."""
+    import os
+
+    space = table.space()
+    figures = calibrate.score(table.to_model(space), table.to_model(space, plain=True), groups,
+                              reference_ms(table), space)
+    return {"created": utc_now(), "seed": seed, "stream": f"{calibrate.VALIDATION}:{seed}", "sampling": "spread",
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, **figures}
+
+
+def describe(v: dict) -> str:
+    """One line of a validation record: the model, the noise floor and the plain table side by side."""
+    nf, pl = v["noise_floor"], v["plain"]
+    return (f"{v['samples']} held-out networks: within ±10% {v['within_10pct']:.0%}, Spearman {v['spearman']:.3f}, "
+            f"MAPE {v['mape']:.1%}; noise floor {nf['median_gap']:.1%} (halves within ±10% "
+            f"{nf['within_10pct']:.0%}, Spearman {nf['spearman']:.3f}); plain table within ±10% "
+            f"{pl['within_10pct']:.0%}, Spearman {pl['spearman']:.3f}, MAPE {pl['mape']:.1%}; "
+            f"host drift {v['drift']:+.1%}")
+
+
+def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, group_size: int = 30,
+                   spread: bool = True) -> dict:
+    """Measure ``samples`` held-out networks on the table's hardware and score the table and its plain entries.
+
+    The networks come from the validation stream ``validation:<seed>`` and never repeat a calibration network;
+    ``seed`` must differ from the calibration seed. ``spread`` draws them across the latency range; otherwise
+    uniformly (every candidate equally likely, a narrow range: a harder test of ranking). Returns the validation
+    record (``validation_record``)."""
+    space = table.space()
+    table.to_model(space)
     cfg = config_of(table)
+    cal = table.provenance.calibration or {}
+    if samples < 3:
+        raise ValueError(f"validation needs at least 3 networks, got {samples}")
+    if cal.get("networks") and seed == cal.get("seed"):
+        raise ValueError(f"--seed {seed} is the table's calibration seed: choose another for held-out networks")
     profile = HardwareProfile(table.provenance.hardware, table.provenance.hardware_kind)
-    archs = [a.encode() for a in sample_archs(space, samples, seed)]
-    jobs = [(measure_archs_chunk, (space.name, archs[i:i + chunk], cfg), len(archs[i:i + chunk]))
-            for i in range(0, len(archs), chunk)]
+    archs = calibrate.spread_archs(space, samples, seed, calibrate.VALIDATION, exclude=cal.get("archs", ()),
+                                   tilt=3.0 if spread else 0.0)
+    jobs = _group_jobs(space, archs, cfg, group_size, 2000)
     desc = f"validate {profile.name}"
     results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
-    measured = {k: v.latency_ms for r in results for k, v in r.entries.items()}
-    predicted = [model.exact(space.parse(a)) for a in archs]
-    stats = compare(predicted, [measured[a] for a in archs])
-    return Validation(profile.name, space.name, samples, archs=tuple(archs), predicted_ms=tuple(predicted),
-                      measured_ms=tuple(measured[a] for a in archs), **stats)
+    return {**validation_record(table, [r.group for r in results], seed),
+            "sampling": "spread" if spread else "uniform"}

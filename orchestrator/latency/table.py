@@ -25,7 +25,7 @@ from orchestrator.spaces import SearchSpace, get_space
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_KEY = b"nas.latency.provenance"
 STEM, HEAD = "stem", "head"
 
@@ -67,6 +67,7 @@ class EntryStats:
     min_ms: float | None = None
     max_ms: float | None = None
     source_key: str | None = None  # the entry's key in the format it was imported from
+    plain_ms: float | None = None  # the plain per-entry measurement, where ``latency_ms`` was calibrated
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
@@ -102,6 +103,14 @@ class Provenance:
     hostname: str | None = None
     unit: str = "ms"
     format_version: int = FORMAT_VERSION
+    # v2: the body the table prices (see ``SearchSpace.body_fingerprint``), and the head's cost per class, so a
+    # K-class variant of the space reuses the table with its own head cost
+    body_fingerprint: str | None = None
+    head_classes: int | None = None
+    head_ms_per_class: float | None = None
+    allocator: str | None = None  # how the C allocator was set while measuring (see ``measure.pin_allocator``)
+    calibration: dict | None = None  # how ``latency_ms`` was calibrated on whole networks (seed, archs, fit)
+    validation: dict | None = None  # the last held-out validation (figures, noise floor, plain table beside it)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Provenance":
@@ -131,21 +140,41 @@ class LatencyTable:
     entries: dict[str, EntryStats] = field(hash=False)
 
     # ---- checks and conversion --------------------------------------------------------------------------------
-    def check_space(self, space: SearchSpace) -> None:
-        """Refuse a table measured for another space, another version of the space, or another resolution."""
+    def body_fingerprint(self) -> str:
+        """The body this table prices; tables written before v2 name it through their space's full fingerprint."""
         p = self.provenance
-        if p.space != space.name:
-            raise ValueError(f"table {p.hardware!r} was built for space {p.space!r}, not {space.name!r}")
-        if p.space_fingerprint != space.fingerprint():
+        if p.body_fingerprint:
+            return p.body_fingerprint
+        base = get_space(p.space)
+        if p.space_fingerprint != base.fingerprint():
             raise ValueError(
                 f"table {p.hardware!r} was built for space {p.space!r} with fingerprint {p.space_fingerprint}, "
-                f"but the registered space has fingerprint {space.fingerprint()}: rebuild the table"
+                f"but the registered space has fingerprint {base.fingerprint()}: rebuild the table"
             )
+        if p.resolution != base.resolution:  # v1 tables measured at another input side under the space's name
+            return base.variant(resolution=p.resolution).body_fingerprint()
+        return base.body_fingerprint()
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Refuse a table of another space body (space, version, resolution, widths, candidates).
+
+        A task variant that changes only the number of classes (``tiny[c3]``) shares the body and is accepted:
+        ``to_model`` prices its head for its own classes."""
+        p = self.provenance
+        if get_space(p.space).base_name != space.base_name:
+            raise ValueError(f"table {p.hardware!r} was built for space {p.space!r}, not {space.name!r}")
+        body = self.body_fingerprint()
+        if body == space.body_fingerprint():
+            return
         if p.resolution != space.resolution:
             raise ValueError(
                 f"table {p.hardware!r} was measured at resolution {p.resolution}, "
                 f"but space {space.name!r} runs at {space.resolution}"
             )
+        raise ValueError(
+            f"table {p.hardware!r} prices the body {body} of space {p.space!r}, but space {space.name!r} has body "
+            f"{space.body_fingerprint()} (other widths, stages or candidates): build a table for {space.name!r}"
+        )
 
     def missing(self, space: SearchSpace) -> list[str]:
         return [k for k in required_keys(space) if k not in self.entries]
@@ -153,8 +182,24 @@ class LatencyTable:
     def space(self) -> SearchSpace:
         return get_space(self.provenance.space)
 
-    def to_model(self, space: SearchSpace | None = None) -> LatencyModel:
-        """The ``LatencyModel`` of this table for ``space`` (default: the space it names), checked complete."""
+    def head_ms(self, space: SearchSpace, plain: bool = False) -> float:
+        """The head's cost for ``space``'s number of classes: the table's head plus the per-class cost of the rest."""
+        p = self.provenance
+        entry = self.entries[HEAD]
+        head = entry.plain_ms if plain and entry.plain_ms is not None else entry.latency_ms
+        classes = p.head_classes or self.space().num_classes
+        if space.num_classes == classes:
+            return head
+        if p.head_ms_per_class is None:
+            raise ValueError(f"table {p.hardware!r} priced the head for {classes} classes only and has no per-class "
+                             f"cost for the {space.num_classes} classes of {space.name!r}: rebuild the table")
+        return max(0.0, head + (space.num_classes - classes) * p.head_ms_per_class)
+
+    def to_model(self, space: SearchSpace | None = None, plain: bool = False) -> LatencyModel:
+        """The ``LatencyModel`` of this table for ``space`` (default: the space it names), checked complete.
+
+        ``plain`` uses the per-entry measurements as they were before calibration on whole networks (the plain
+        table, for comparison); a table without calibration is its own plain table."""
         space = space or self.space()
         self.check_space(space)
         missing = self.missing(space)
@@ -163,6 +208,10 @@ class LatencyTable:
                 f"table {self.provenance.hardware!r} lacks {len(missing)} entries of space {space.name!r}: "
                 f"{preview_keys(missing)}"
             )
+
+        def value(stats: EntryStats) -> float:
+            return stats.plain_ms if plain and stats.plain_ms is not None else stats.latency_ms
+
         e = self.entries
         costs = []
         for spec in space.blocks():
@@ -170,24 +219,27 @@ class LatencyTable:
             for op in space.candidates:
                 if op.is_zero:
                     zero = e.get(block_key(spec.index, op))
-                    row.append((zero.latency_ms if zero else 0.0) if spec.zero_ok else math.nan)
+                    row.append((value(zero) if zero else 0.0) if spec.zero_ok else math.nan)
                 else:
-                    row.append(e[block_key(spec.index, op)].latency_ms)
+                    row.append(value(e[block_key(spec.index, op)]))
             costs.append(tuple(row))
-        fixed = e[STEM].latency_ms + e[HEAD].latency_ms + self.provenance.call_overhead_ms
+        fixed = value(e[STEM]) + self.head_ms(space, plain) + self.provenance.call_overhead_ms
+        prov = asdict(self.provenance)
+        if space.name != self.provenance.space:
+            prov["priced_space"] = space.name
+        if plain:
+            prov["plain"] = True
         return LatencyModel(space, self.provenance.hardware, tuple(costs), fixed, unit=self.provenance.unit,
-                            provenance=asdict(self.provenance))
+                            provenance=prov)
 
-    def predict(self, arch: Arch) -> float:
-        """Latency of ``arch`` in ms; refuses architectures with their own widths (the table priced the space's)."""
-        space = self.space()
-        if arch.space != space.name:
-            raise ValueError(f"architecture is for space {arch.space!r}, table {self.provenance.hardware!r} "
-                             f"for {space.name!r}")
+    def predict(self, arch: Arch, plain: bool = False) -> float:
+        """Latency of ``arch`` in ms, for its own space (a variant of the table's body is priced with its head);
+        refuses architectures with their own widths (the table priced the space's)."""
+        space = get_space(arch.space)
         if arch.widths is not None and arch.widths != space.widths():
             raise ValueError(f"architecture has its own widths {arch.widths.encode()}; the table priced "
                              f"space {space.name!r} at {space.widths().encode()}")
-        return self.to_model(space).exact(arch)
+        return self.to_model(space, plain).exact(arch)
 
     # ---- Parquet ----------------------------------------------------------------------------------------------
     def to_arrow(self) -> pa.Table:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import apply_overrides, build, load, to_dict
+from orchestrator.config import apply_overrides, build, read_yaml, to_dict
 from orchestrator.config import fail as _fail
 from orchestrator.data.source import DataSpec
 
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 REGULARIZERS = ("mul#log", "add#linear", "latency", "none")
 ARCH_ALGOS = ("grad", "rl")
+GRAD_MODES = ("two", "full_v2")
+LATENCY_PROBS = ("pair", "full")
+RL_BASELINES = ("before", "after")
+LINEAR_INITS = ("normal", "uniform")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,11 @@ class WeightConfig:
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """Architecture step: two-path BinaryConnect gradient (``grad``) or REINFORCE (``rl``), Adam on α."""
+    """Architecture step: two-path BinaryConnect gradient (``grad``) or REINFORCE (``rl``), Adam on α.
+
+    The switches marked "fidelity" differ between the official code (mit-han-lab/proxylessnas), the paper and this
+    project; ``fidelity: official|paper|project`` sets them all at once (``orchestrator.search.fidelity``).
+    """
 
     algo: str = "grad"
     lr: float = 1e-3
@@ -47,17 +55,54 @@ class ArchConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     init_std: float = 1e-3  # α ~ N(0, init_std), as the official arch_init_ratio
-    update_every: int = 5  # one architecture update every k weight steps (search epochs only)
+    update_every: int = 5  # one architecture update every k weight steps of an epoch (search epochs only)
     update_steps: int = 1  # arch steps per update
     batch_size: int = 256  # the global held-out batch of an arch step, split evenly among the ranks
-    rescale: bool = True  # keep the sampled pair's total probability mass after each Adam step
+    rescale: bool = True  # two mode: keep the sampled pair's total probability mass after each Adam step
     regularizer: str = "mul#log"
     reg_alpha: float = 0.2  # mul#log: CE * alpha * (log E[LAT] / log T) ** beta
     reg_beta: float = 0.3
     reg_lambda: float = 0.1  # add#linear: CE + lambda * (E[LAT] - T) / T
     rl_samples: int = 10  # architectures sampled per REINFORCE update
+    # b <- d * b + (1 - d) * mean reward. The official code writes b += 0.99 * (mean - b), which is d = 0.01 here.
     rl_baseline_decay: float = 0.99
     rl_tradeoff: float = 0.1  # reward = acc * (T / LAT) ** rl_tradeoff
+    # Fidelity: which gate gradients the gradient step computes. ``two`` (the paper; this project): two candidates
+    # per block sampled, BinaryConnect over the pair, the inactive one run without autograd. ``full_v2`` (the
+    # official default ``grad_binary_mode``): one active candidate, every other candidate of the block run without
+    # autograd for its gate gradient, BinaryConnect over the whole block; costs one forward per candidate.
+    grad_mode: str = "two"
+    # Fidelity, two mode only: the probabilities E[LAT] weighs each block's latencies with. ``pair`` (official
+    # ``current_prob_over_ops``): the sampled pair's renormalised probabilities, 0 elsewhere, so only the pair moves
+    # and the rescale keeps every other candidate's probability. ``full`` (this project): softmax over the block, so
+    # the latency term's exact gradient reaches every candidate on every step (every α moves by about ±lr with Adam
+    # β1 = 0) and pushes latency down faster; the rescale then no longer keeps the others' probabilities.
+    latency_probs: str = "full"
+    # Fidelity: the official code drops a block's whole α gradient (the latency term's included) and its rescale
+    # when the sampled active candidate is ``zero``. This project updates it like any other block: the inactive
+    # candidate's gate gradient and the latency term are informative there too.
+    skip_zero_active: bool = False
+    # Fidelity: REINFORCE baseline order. ``before`` (official): move the baseline toward the batch's mean reward,
+    # then compute advantages against it. ``after`` (this project): advantages against the baseline of earlier
+    # batches, then move it, so a batch is never compared with a baseline that already contains its own rewards.
+    rl_baseline: str = "after"
+    # Fidelity: the official loop skips architecture updates in the first search epoch (``if epoch > 0``), letting
+    # the weights adapt to the first α-driven paths. This project starts them at once, after its warm-up.
+    skip_first_search_epoch: bool = False
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Weight initialisation of the supernet (convolutions: He normal, fan-out; BN: gamma 1, beta 0, always)."""
+
+    # Fidelity: classifier init. ``uniform`` (official ``init_model``): U(±1/sqrt(fan_in)). ``normal`` (this
+    # project): N(0, 0.01), the MobileNet/torchvision recipe, which starts every logit near 0 (loss near log K).
+    linear: str = "normal"
+    # Fidelity: zero-initialise the last BN gamma of every residual branch, so each residual block starts as the
+    # identity (Goyal et al. 2017). The official code does not. On (this project) it keeps the shortcut's signal
+    # intact while sampled candidates change every step; but the gates' gradients of residual blocks are then
+    # exactly 0 until warm-up moves those gammas, so a search without warm-up learns nothing there at first.
+    zero_last_gamma: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +125,7 @@ class SearchConfig:
     channels_last: bool = False  # channels-last memory format for activations and weights
     weight: WeightConfig = field(default_factory=WeightConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     data: DataSpec = field(default_factory=DataSpec)
 
     def __post_init__(self) -> None:
@@ -104,6 +150,11 @@ class SearchConfig:
 def _positive(key: str, value: float, strict: bool = True) -> None:
     if value <= 0 if strict else value < 0:
         _fail(key, f"must be {'positive' if strict else 'non-negative'}, got {value}")
+
+
+def _choice(key: str, value: str, known: tuple[str, ...]) -> None:
+    if value not in known:
+        _fail(key, f"unknown value {value!r} (known: {', '.join(known)})")
 
 
 def validate(cfg: SearchConfig) -> None:
@@ -164,17 +215,34 @@ def validate(cfg: SearchConfig) -> None:
     if not 0 <= a.rl_baseline_decay < 1:
         _fail("arch.rl_baseline_decay", f"must be in [0, 1), got {a.rl_baseline_decay}")
     _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
+    _choice("arch.grad_mode", a.grad_mode, GRAD_MODES)
+    _choice("arch.latency_probs", a.latency_probs, LATENCY_PROBS)
+    _choice("arch.rl_baseline", a.rl_baseline, RL_BASELINES)
+    if a.skip_first_search_epoch and cfg.epochs - cfg.warmup_epochs < 2:
+        _fail("arch.skip_first_search_epoch", f"with {cfg.epochs - cfg.warmup_epochs} search epoch(s) no "
+                                              f"architecture step would run; raise epochs or switch it off")
+    _choice("init.linear", cfg.init.linear, LINEAR_INITS)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
-    """A search config from a mapping plus ``--set`` overrides; ``ValueError`` names the bad key."""
+    """Build and validate a config from a raw dict and ``--set`` overrides; a ``fidelity`` key (in either) sets
+    every fidelity switch at once (``orchestrator.search.fidelity`` has the presets and the precedence)."""
+    from orchestrator.search.fidelity import apply_fidelity
+
     if not isinstance(data, dict):
         raise ValueError(f"a search config must be a mapping, got {type(data).__name__}")
+    data, overrides = apply_fidelity(data, overrides)
     return build(SearchConfig, apply_overrides(data, overrides))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
-    """Read a YAML preset, apply ``--set`` overrides and validate; ``ValueError`` names the file and the bad key."""
-    return load(SearchConfig, path, overrides)
+    """Read a YAML preset, apply its ``fidelity`` and the ``--set`` overrides, and validate; ``ValueError`` names the
+    file and the bad key."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return config_from_dict(data, overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

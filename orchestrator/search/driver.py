@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from orchestrator.data.feed import Feed
 from orchestrator.data.source import Splits, open_splits
+from orchestrator.latency.calibrate import validation_metrics
 from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.profiles import latency_model
 from orchestrator.search.config import SearchConfig
@@ -31,7 +32,7 @@ from orchestrator.search.state import (
     load_state_dict,
     warmup_steps,
 )
-from orchestrator.search.steps import arch_step, weight_step
+from orchestrator.search.steps import arch_step, arch_update_due, weight_step
 from orchestrator.train.core import evaluate, metrics_window, read_window
 from orchestrator.train.runtime import Runtime
 
@@ -64,6 +65,7 @@ class SearchResult:
     device: str = "cpu"
     world_size: int = 1
     seconds: dict = field(default_factory=dict)  # per phase, each timed directly: warmup, weight, arch, data, eval
+    latency_model: dict = field(default_factory=dict)  # the latency model's held-out validation figures
     curves: dict[str, list] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
@@ -90,6 +92,29 @@ def local_batch(global_batch: int, world: int, key: str) -> int:
     if global_batch % world:
         raise ValueError(f"{key}: the global batch {global_batch} does not split evenly over {world} workers")
     return global_batch // world
+
+
+def progress_bar(progress: bool | Callable[..., Any], total: int, done: int, desc: str) -> Any:
+    """A tqdm bar (``progress=True``), none (``False``), or one built by ``progress(total, done, desc)`` (a Ray
+    Train worker shows its bar on the driver's console that way)."""
+    if callable(progress):
+        return progress(total, done, desc)
+    return tqdm(total=total, initial=done, disable=not progress, desc=desc, unit="step")
+
+
+def search_feeds(cfg: SearchConfig, data: Splits, rank: int = 0, world: int = 1,
+                 pin_memory: bool = False) -> tuple[Feed, Feed]:
+    """The weight-training and held-out feeds of one rank; ``ValueError`` before any step when a rank would get
+    less than one batch of either (not at the first architecture step, after the warm-up)."""
+    train = cfg.data.feed(data.train, batch_size=local_batch(cfg.weight.batch_size, world, "weight.batch_size"),
+                          rank=rank, world=world, stream="train", pin_memory=pin_memory)
+    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(cfg.arch.batch_size, world, "arch.batch_size"),
+                            rank=rank, world=world, stream="holdout", pin_memory=pin_memory)
+    for feed, key in ((train, "weight.batch_size"), (holdout, "arch.batch_size")):
+        if feed.batches_per_epoch < 1:
+            raise ValueError(f"{key}: each of {world} worker(s) gets {feed.items} {feed.name} images, fewer than "
+                             f"one batch of {feed.batch_size}: lower the batch size or use fewer workers")
+    return train, holdout
 
 
 def _curve_point(state: SearchState) -> dict:
@@ -128,7 +153,7 @@ def run_search(
     checkpoint: Checkpoint | None = None,
     resume: dict | None = None,
     latency: LatencyModel | None = None,
-    progress: bool = False,
+    progress: bool | Callable[..., Any] = False,
     warm_start: dict | None = None,
     warmup_only: bool = False,
 ) -> SearchResult:
@@ -145,11 +170,7 @@ def run_search(
     rt = rt or Runtime()
     latency = latency or resolve_latency(cfg)
     data = data or open_data(cfg)
-    pin = rt.on_gpu
-    train = cfg.data.feed(data.train, batch_size=local_batch(cfg.weight.batch_size, rt.world, "weight.batch_size"),
-                          rank=rt.rank, world=rt.world, stream="train", pin_memory=pin)
-    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(cfg.arch.batch_size, rt.world, "arch.batch_size"),
-                            rank=rt.rank, world=rt.world, stream="holdout", pin_memory=pin)
+    train, holdout = search_feeds(cfg, data, rt.rank, rt.world, rt.on_gpu)
     state = init_state(cfg, latency, train.batches_per_epoch, rt)
     if resume is not None:
         load_state_dict(state, resume)
@@ -160,7 +181,7 @@ def run_search(
     end = warmup_steps(state) if warmup_only else state.total_steps
     train_it = train.stream(state.step)
     hold_it = None  # opened at the first architecture step: warm-up reads no held-out image
-    bar = tqdm(total=state.total_steps, initial=state.step, disable=not progress, desc="search", unit="step")
+    bar = progress_bar(progress, state.total_steps, state.step, "search")
     clock = _Clock(state)
     while state.step < end:
         x, y = rt.batch(*next(train_it))
@@ -169,7 +190,7 @@ def run_search(
         metrics = weight_step(state, x, y)
         clock.lap(phase)
         # A warm-up-only run leaves α untouched, so that searches can fork from it.
-        if state.searching and state.step % cfg.arch.update_every == 0 and not warmup_only:
+        if not warmup_only and arch_update_due(cfg, state.step, state.steps_per_epoch):
             for _ in range(cfg.arch.update_steps):
                 if hold_it is None:
                     hold_it = holdout.stream(state.arch_step)
@@ -197,7 +218,7 @@ def run_search(
     if checkpoint is not None and not (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
         checkpoint(state)
     valid = cfg.data.feed(data.valid, batch_size=local_batch(cfg.weight.batch_size, rt.world, "weight.batch_size"),
-                          rank=rt.rank, world=rt.world, shuffle=False, stream="valid", pin_memory=pin)
+                          rank=rt.rank, world=rt.world, shuffle=False, stream="valid", pin_memory=rt.on_gpu)
     return make_result(state, valid, clock)
 
 
@@ -231,6 +252,7 @@ def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | N
         probs=tuple(tuple(r) for r in probs.cpu().tolist()), entropy=entropy, steps=state.step,
         arch_steps=state.arch_step, alpha_fingerprint=alpha_fingerprint(state), valid_accuracy=acc, val_images=n,
         device=str(state.rt.device), world_size=state.rt.world, seconds=dict(state.seconds),
+        latency_model=validation_metrics(state.latency.provenance),
         curves=curves, config=state.cfg.to_dict(),
     )
 

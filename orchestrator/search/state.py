@@ -78,7 +78,7 @@ def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int, r
         raise ValueError("weight.batch_size: larger than the weight-training split, so an epoch has no step")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        supernet = Supernet(space)
+        supernet = Supernet(space, linear_init=cfg.init.linear, zero_last_gamma=cfg.init.zero_last_gamma)
     logits = ArchLogits(space)
     with torch.no_grad():
         init = torch.randn(logits.alpha.shape, generator=generator(cfg.seed, "alpha-init", 0), device="cpu")

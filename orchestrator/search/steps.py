@@ -8,11 +8,14 @@ device of the batch it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from orchestrator.search.config import SearchConfig
 from orchestrator.search.objective import (
     binary_connect_grad,
     path_latency,
@@ -55,36 +58,128 @@ def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, sync: Sync | None)
     return before
 
 
-def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
-                   sync: Sync | None = None) -> dict:
-    """The paper's two-path gradient step on a held-out batch.
+def arch_update_due(cfg: SearchConfig, step: int, steps_per_epoch: int) -> bool:
+    """Whether architecture updates follow the weight step that has just made ``step`` weight steps done.
 
-    Per block two candidates are sampled, the active one gated 1 and the other 0; both run, so the gates'
-    gradients exist, and BinaryConnect maps them onto α over the pair. The latency term E[LAT] is a function of
-    softmax(α) and is backpropagated into α directly on every step, whatever was sampled (the official code drops
-    it when a ``zero`` op is active). After Adam, the pair is rescaled to keep its probability mass.
-    """
+    The official schedule (``get_update_schedule`` and ``train``): after weight step i of an epoch (0-based) when
+    (i + 1) % update_every == 0, in search epochs only, and, with ``arch.skip_first_search_epoch``, not in the
+    first search epoch. The last warm-up weight step is a warm-up step, so no update follows it."""
+    if step < 1:
+        return False
+    epoch, i = divmod(step - 1, steps_per_epoch)
+    first = cfg.warmup_epochs + (1 if cfg.arch.skip_first_search_epoch else 0)
+    return epoch >= first and (i + 1) % cfg.arch.update_every == 0
+
+
+def sample_active(state: SearchState) -> list[tuple[int, ...]]:
+    """The candidates each block runs in this architecture step, the active one first.
+
+    ``two``: a pair drawn from softmax(α) (``sample_pairs``). ``full_v2``: one active candidate drawn from
+    softmax(α), then every other allowed candidate of the block."""
+    cfg = state.cfg
+    probs = state.logits.probs().detach()
+    if cfg.arch.grad_mode == "two":
+        return sample_pairs(probs, generator(cfg.seed, "pair", state.arch_step))
+    path = sample_path(probs, generator(cfg.seed, "active", state.arch_step))
+    allowed = state.logits.mask.tolist()
+    return [(a, *(c for c, ok in enumerate(row) if ok and c != a)) for a, row in zip(path, allowed)]
+
+
+def latency_probs(state: SearchState, active: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The per-block probabilities E[LAT] weighs latencies with, differentiable in α.
+
+    ``full`` (and always in ``full_v2``): softmax(α) over the block. ``pair``: softmax over the sampled pair only,
+    0 elsewhere, as the official two mode's ``current_prob_over_ops``."""
+    if state.cfg.arch.grad_mode != "two" or state.cfg.arch.latency_probs == "full":
+        return state.logits.probs()
+    mask = state.logits.mask
+    rows = torch.tensor([b for b, p in enumerate(active) for _ in p], device=mask.device)
+    cols = torch.tensor([c for p in active for c in p], device=mask.device)
+    sel = torch.zeros_like(mask).index_put_((rows, cols), torch.ones_like(rows, dtype=torch.bool))
+    return torch.softmax(state.logits.masked().masked_fill(~sel, float("-inf")), dim=-1)
+
+
+@dataclass
+class ArchGradient:
+    """What one gradient architecture step computes before the optimiser: ∂L/∂α (the latency term's direct part
+    plus BinaryConnect over each block's candidates that ran), the gate gradients and the loss terms."""
+
+    alpha_grad: torch.Tensor
+    gate_grads: list[torch.Tensor]  # per block, in the order of ``active[b]``
+    active: list[tuple[int, ...]]
+    loss: torch.Tensor
+    ce: torch.Tensor
+    expected: torch.Tensor
+    logits: torch.Tensor
+
+
+@contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Weights that do not require grad for the duration: autograd then records nothing for them (no graph through
+    the stem, no saved inputs for weight gradients) and no weight gradient can be computed or accumulated."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def arch_gradient(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
+                  active: Sequence[Sequence[int]]) -> ArchGradient:
+    """∂L/∂α of the architecture loss on one held-out batch, computing only what α needs.
+
+    Each block runs ``active[b]`` gated (1 on the first, 0 on the others): the active candidate with autograd, the
+    others under ``no_grad`` (``MixedBlock.forward(no_grad_inactive=True)``). No weight takes part in autograd, so
+    the backward computes input gradients along the active path from the loss down to the first searchable block,
+    and nothing else."""
     cfg, alpha = state.cfg, state.logits.alpha
-    probs = state.logits.probs()
-    pairs = sample_pairs(probs, generator(cfg.seed, "pair", state.arch_step))
-    state.paths.append(("a", state.arch_step, tuple(pairs)))
-    gates = [torch.zeros(len(p), device=images.device).index_fill_(0, torch.tensor([0], device=images.device), 1.0)
-             .requires_grad_() for p in pairs]
+    active = [tuple(p) for p in active]
+    gates = []
+    for p in active:
+        g = torch.zeros(len(p), device=images.device)
+        g[0] = 1.0
+        gates.append(g.requires_grad_())
     state.supernet.train()
-    with state.rt.precision.autocast(state.rt.device):
-        out = state.supernet(images, pairs, gates)
+    with _frozen(state.supernet), state.rt.precision.autocast(state.rt.device):
+        out = state.supernet(images, active, gates, no_grad_inactive=True)
     ce = F.cross_entropy(out.float(), labels)
-    expected = state.latency.expected(probs)
+    expected = state.latency.expected(latency_probs(state, active))
     loss = regularized_loss(ce, expected, cfg.target, cfg.arch)
     grads = torch.autograd.grad(loss, [alpha, *gates], allow_unused=True)
     direct = grads[0] if grads[0] is not None else torch.zeros_like(alpha)
-    grad = direct + binary_connect_grad(alpha, pairs, grads[1:])
+    gate_grads = [g if g is not None else torch.zeros_like(gt) for g, gt in zip(grads[1:], gates)]
+    grad = direct + binary_connect_grad(alpha, active, gate_grads)
+    return ArchGradient(grad, gate_grads, active, loss.detach(), ce.detach(), expected.detach(), out.detach())
+
+
+def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
+                   sync: Sync | None = None) -> dict:
+    """The gradient architecture step on a held-out batch (``arch.grad_mode``: the paper's ``two`` or the
+    official default ``full_v2``), then Adam on α and, in two mode, the rescale of each sampled pair.
+
+    The latency term E[LAT] (``arch.latency_probs``) is backpropagated into α directly. With
+    ``arch.skip_zero_active`` a block whose active candidate is ``zero`` keeps its α (official); otherwise it is
+    updated like the others."""
+    cfg, alpha = state.cfg, state.logits.alpha
+    active = sample_active(state)
+    state.paths.append(("a", state.arch_step, tuple(active)))
+    res = arch_gradient(state, images, labels, active)
+    grad = res.alpha_grad
+    skipped = [b for b, p in enumerate(active) if cfg.arch.skip_zero_active and state.space.candidates[p[0]].is_zero]
+    if skipped:
+        grad = grad.index_fill(0, torch.tensor(skipped, device=grad.device), 0.0)
     before = _apply_alpha_grad(state, grad, sync)
-    if cfg.arch.rescale:
-        rescale_pairs(alpha.data, before, pairs)
+    if skipped:
+        with torch.no_grad():
+            alpha[skipped] = before[skipped]  # exact, whatever Adam's state and weight decay would do
+    if cfg.arch.grad_mode == "two" and cfg.arch.rescale:
+        rescale_pairs(alpha.data, before, [p[:1] if b in skipped else p for b, p in enumerate(active)])
     state.arch_step += 1
-    acc = (out.detach().argmax(1) == labels).float().mean()
-    return {"arch_loss": loss.detach(), "arch_ce": ce.detach(), "arch_acc": acc, "expected_latency": expected.detach()}
+    acc = (res.logits.argmax(1) == labels).float().mean()
+    return {"arch_loss": res.loss, "arch_ce": res.ce, "arch_acc": acc, "expected_latency": res.expected}
 
 
 def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
@@ -104,17 +199,22 @@ def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad(), state.rt.precision.autocast(dev):
             acc = (state.supernet(images, path).argmax(1) == labels).float().mean().item()
         rewards.append(rl_reward(acc, path_latency(costs, fixed, path), cfg.target, a.rl_tradeoff))
-        logps.append(logp_all[torch.arange(len(path), device=dev), torch.tensor(path, device=dev)].sum())
+        idx = torch.tensor(path, device=logp_all.device)
+        logps.append(logp_all[torch.arange(len(path), device=logp_all.device), idx].sum())
         accs.append(acc)
     # The baseline must stay identical on every rank, so it moves with the all-reduced mean reward.
     mean_t = torch.tensor([sum(rewards) / len(rewards)], dtype=torch.float64, device=dev)
     (sync or state.rt.comm.mean_)([mean_t])
     mean_reward = float(mean_t.item())
-    baseline = mean_reward if state.baseline is None else state.baseline
+    moved = mean_reward if state.baseline is None else (
+        a.rl_baseline_decay * state.baseline + (1 - a.rl_baseline_decay) * mean_reward)
+    # before (official): advantages against the baseline that already moved toward this batch's mean reward;
+    # after: against the previous batches' baseline (this batch's mean on the first update).
+    baseline = moved if a.rl_baseline == "before" or state.baseline is None else state.baseline
     loss = -sum((r - baseline) * lp for r, lp in zip(rewards, logps)) / len(rewards)
     (grad,) = torch.autograd.grad(loss, [state.logits.alpha])
     _apply_alpha_grad(state, grad, sync)
-    state.baseline = a.rl_baseline_decay * baseline + (1 - a.rl_baseline_decay) * mean_reward
+    state.baseline = moved
     state.arch_step += 1
     expected = state.latency.expected(state.logits.probs().detach()).item()
     return {"arch_loss": float(loss.detach()), "arch_acc": sum(accs) / len(accs), "reward": mean_reward,

@@ -84,7 +84,7 @@ class SweepConfig:
     shared_warmup: bool = True  # False: every trial pays its own warm-up (the benchmark's baseline)
     retrain: RetrainConfig | None = field(default_factory=RetrainConfig)  # None: search and measure only; its data
     # defaults to the search's data section (retrain on the data the search ran on)
-    measure_repeats: int | None = None  # whole-network timing repeats (default: the table's own)
+    measure_rounds: int | None = None  # round-robin rounds timing each derived net (default: the table's own)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -155,7 +155,7 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
 
 _SCALARS = {"name": str, "search": str, "workers_per_trial": int, "cpus_per_worker": float, "use_gpu": bool,
             "allow_autoscale": bool, "max_concurrent_trials": int, "storage": str, "tracking_uri": str,
-            "shared_warmup": bool, "measure_repeats": int}
+            "shared_warmup": bool, "measure_rounds": int}
 
 
 def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> SweepConfig:

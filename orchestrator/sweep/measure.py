@@ -45,17 +45,23 @@ def _count_mmacs(arch: str) -> tuple[float, dict, float]:
     return macs / 1e6, {"hostname": socket.gethostname()}, time.time() - t0
 
 
-def _time_network(arch: str, table_uri: str, repeats: int | None) -> tuple[float, dict, float]:
-    from orchestrator.latency.runner import config_of, measure_archs_chunk
+def _time_network(arch: str, table_uri: str, rounds: int | None) -> tuple[float, dict, float]:
+    """The network timed as the table's validation times networks (round-robin with the table's reference network,
+    part by part on the table's clock), then put at the host speed the table was built at: the reference network's
+    latency then over its latency now. A shared host's drift between building and measuring cancels out; the
+    raw figure and the factor are kept in the node record."""
+    from orchestrator.latency.runner import config_of, measure_archs_chunk, reference_factor
     from orchestrator.latency.table import LatencyTable
 
     t0 = time.time()
     table = LatencyTable.load(table_uri)
     cfg = config_of(table)
-    if repeats is not None:
-        cfg = dataclasses.replace(cfg, repeats=repeats)
+    if rounds is not None:
+        cfg = dataclasses.replace(cfg, min_rounds=max(2, rounds), max_rounds=max(2, rounds))
     res = measure_archs_chunk(table.provenance.space, [arch], cfg)
-    return res.entries[arch].latency_ms, dataclasses.asdict(res.node), time.time() - t0
+    raw, factor = res.entries[arch].latency_ms, reference_factor(table, res)
+    node = {**dataclasses.asdict(res.node), "raw_ms": raw, "reference_factor": factor}
+    return raw * factor, node, time.time() - t0
 
 
 def _outside_trial():
@@ -78,16 +84,17 @@ def check_hardware_available(hardware: str) -> None:
                          f"start one with --resources '{{\"{profile.resource}\": 1}}'")
 
 
-def measure_latency(arch: str, hardware: str, table: str | None, repeats: int | None = None) -> MeasuredLatency:
+def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | None = None) -> MeasuredLatency:
     """Measure (or count) ``arch`` on ``hardware`` in a Ray task placed where that hardware is."""
     import ray
 
+    from orchestrator.arch import Arch
     from orchestrator.latency.hardware import parse_profile
     from orchestrator.latency.profiles import latency_model
     from orchestrator.spaces import get_space
 
     profile = parse_profile(hardware)
-    space = get_space(arch.split(":", 1)[0].split("@", 1)[0])
+    space = get_space(Arch.parse(arch).space)
     model = latency_model(hardware, space, table)
     predicted = model.exact(space.parse(arch))
     if profile.measured:
@@ -97,7 +104,7 @@ def measure_latency(arch: str, hardware: str, table: str | None, repeats: int | 
         task = ray.remote(_time_network).options(resources={profile.resource: 1}, num_cpus=1,
                                                  num_gpus=1 if profile.kind == "cuda" else 0, max_retries=1,
                                                  scheduling_strategy=_outside_trial())
-        value, node, secs = ray.get(task.remote(arch, table, repeats))
+        value, node, secs = ray.get(task.remote(arch, table, rounds))
         from orchestrator.latency.table import LatencyTable
 
         prov = dataclasses.asdict(LatencyTable.load(table).provenance)

@@ -173,7 +173,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
                "parent_run_id": meta["parent_run_id"], "storage": meta["storage"],
                "warmups": meta["warmups"] if sweep.shared_warmup else {},
                "tables": {g.hardware: g.table for g in sweep.grid if g.table}, "workers": sweep.workers_per_trial,
-               "cpus_per_worker": sweep.cpus_per_worker, "measure_repeats": sweep.measure_repeats,
+               "cpus_per_worker": sweep.cpus_per_worker, "measure_rounds": sweep.measure_rounds,
                "use_gpu": sweep.use_gpu, "allow_autoscale": sweep.allow_autoscale,
                "trials_per_warmup": max(1, n_trials // max(1, len(seeds))), "default_seed": cfg.seed,
                "retrain": sweep.retrain.to_dict() if sweep.retrain else None}

@@ -62,7 +62,7 @@ def sweep_trial(config: dict) -> None:
                                "nas.warmup_run_id": warm["run_id"] if warm else ""}.items()))
     res = run_distributed_search(cfg, spec, callbacks=(TuneReportCallback(),))
     arch = res.search["arch"]
-    lat = measure_latency(arch, hw, table, ctx.get("measure_repeats"))
+    lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"))
     tracking.log_artifact_files(uri, res.run_id, {"latency.json": lat.to_json()})
     tracking.log_metrics(uri, res.run_id, {"measured_latency": lat.value}, step=res.search["steps"])
     warm_share = warm["worker_seconds"] / ctx["trials_per_warmup"] if warm else 0.0
