@@ -3,10 +3,13 @@
 Every rank samples the same paths without communicating (paths are a pure function of seed and step, see
 ``search.sampling``), takes its slice of each global batch, and all-reduces (averages) the active path's
 weight gradients and α's gradient before every optimiser step, so every rank applies the same update. A cheap
-periodic check gathers every rank's α fingerprint and fails the run loudly if they ever differ.
+periodic check gathers every rank's α and sampled-path fingerprints and fails the run loudly (``RanksDiverged``,
+never retried) if they ever differ.
 
-The driver checks storage, tracking and cluster resources before any worker starts, creates the MLflow run,
-and logs the result; rank 0 alone logs metrics and writes checkpoints.
+The driver checks storage, tracking and cluster resources before any worker starts, creates the MLflow run (or
+continues the one of an interrupted driver, recorded in the run's folder), and logs the result; rank 0 alone
+logs metrics (through a ``tracking.MetricSink``, so a slow or absent tracking server never holds the other ranks)
+and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class RunSpec:
     tags: tuple[tuple[str, str], ...] = ()
     allow_autoscale: bool = False  # skip the up-front resource check on autoscaling clusters
     inject_failure_at_step: int | None = None  # fault injection: rank 1 kills itself once at this step
+    inject_divergence_at_step: int | None = None  # fault injection: rank 1 perturbs its α once at this step
+    pause_at_steps: tuple[int, ...] = ()  # fault injection: every rank waits once at each step (see pause_once)
     warm_start: str | None = None  # URI of a shared warm-up state (search_state.pt) to fork a fresh run from
     warmup_only: bool = False  # stop at the end of warm-up: the run that produces a sweep's shared warm-up
 
@@ -60,6 +65,8 @@ class RunSpec:
             raise ValueError(f"max_failures: must be 0 or more, got {self.max_failures}")
         if self.consistency_every < 1:
             raise ValueError(f"consistency_every: must be at least 1, got {self.consistency_every}")
+        if any(s < 1 for s in self.pause_at_steps):
+            raise ValueError(f"pause_at_steps: steps must be at least 1, got {list(self.pause_at_steps)}")
 
 
 def default_run_name(cfg: SearchConfig) -> str:
@@ -130,6 +137,61 @@ def inject_fault_once(run_dir: str, rank: int, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+DIVERGENCE_MARKER = "divergence-injected.json"
+
+
+def inject_divergence_once(run_dir: str, state) -> None:
+    """Fault injection for tests: move one allowed logit of this rank's α, at most once per run (a marker in the
+    run's storage), so that a retried worker group would run clean: a test that still sees ``RanksDiverged``
+    knows the run was not retried."""
+    from orchestrator import storage as st
+
+    loc = st.resolve(run_dir)
+    if st.exists(loc, DIVERGENCE_MARKER):
+        return
+    st.publish_bytes(loc, DIVERGENCE_MARKER, json.dumps({"step": state.step}).encode())
+    log.warning("fault injection: this rank's α diverges at step %d", state.step)
+    with torch.no_grad():
+        state.logits.alpha[tuple(state.logits.mask.nonzero()[0].tolist())] += 0.5
+
+
+PAUSE_LIMIT_S = 300.0  # the longest a pause waits for its release
+
+
+def pause_once(run_dir: str, comm, step: int, limit_s: float = PAUSE_LIMIT_S) -> bool:
+    """Fault injection for tests: every rank waits at ``step``, once per run, so that a test can do its damage (remove
+    a node, stop a server, kill the driver) while the search stands at a known step, every checkpoint before it
+    committed. Rank 0 writes ``paused-<step>.json`` to the run's storage (naming each rank's node) when the wait
+    begins and waits until the storage holds ``release-<step>`` or ``limit_s`` passed; the others wait for rank 0.
+    The marker stays, so a restarted worker group or driver does not pause there again. Collective."""
+    import ray
+
+    from orchestrator import storage as st
+
+    loc = st.resolve(run_dir)
+    marker = f"paused-{step}.json"
+    nodes = comm.gather(ray.get_runtime_context().get_node_id())
+    fire = comm.rank == 0 and not st.exists(loc, marker)
+    if fire:
+        st.publish_bytes(loc, marker, json.dumps({"step": step, "nodes": nodes}).encode())
+        log.warning("fault injection: the search pauses at step %d", step)
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and not st.exists(loc, f"release-{step}"):
+            time.sleep(0.25)
+    return bool(comm.gather(fire)[0])  # the other ranks wait here for rank 0
+
+
+def seed_rank_rng(seed: int, rank: int) -> None:
+    """A fresh start seeds each rank's global generator from (seed, rank), so that per-rank random draws (dropout,
+    augmentation outside the data feed) differ between ranks, as between the samples of one global batch, and
+    repeat from run to run. (Every Python process starts torch from the same default seed.) A resumed rank
+    restores its own saved state instead."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}/rank-rng/{rank}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
 def load_state_uri(uri: str) -> dict:
     """A search state saved by a checkpoint (``.../search_state.pt``), from a local path or ``s3://``; loaded
     with ``weights_only=True``, so a tampered file is refused and its payload never runs."""
@@ -188,8 +250,10 @@ def restored_state(file: str, what: str) -> dict | None:
 
 def train_loop_per_worker(config: dict) -> dict:
     """Runs on every Train worker: restore or start, search on this rank's device with averaged gradients,
-    check that ranks agree, report checkpoints."""
-    import ray.train
+    check that ranks agree, report checkpoints. Ranks that diverged return ``{"diverged": why}`` (every rank
+    sees the same check) instead of raising, so that Ray Train does not restart them: a divergence is a bug to
+    report, not a fault to retry."""
+    import ray
 
     from orchestrator import tracking
     from orchestrator.search import resolve_latency, run_search
@@ -197,7 +261,8 @@ def train_loop_per_worker(config: dict) -> dict:
     from orchestrator.search.state import alpha_fingerprint, path_fingerprint, state_dict
 
     cfg = config_from_dict(config["search"])
-    spec = RunSpec(**{**config["spec"], "tags": tuple(map(tuple, config["spec"]["tags"]))})
+    spec = RunSpec(**{**config["spec"], "tags": tuple(map(tuple, config["spec"]["tags"])),
+                      "pause_at_steps": tuple(config["spec"]["pause_at_steps"])})
     rt = worker_runtime(spec.use_gpu, cfg.precision, cfg.channels_last, int(config["threads"]))
     rank, world = rt.rank, rt.world
     run_id, uri = config["run_id"], config["tracking_uri"]
@@ -205,9 +270,15 @@ def train_loop_per_worker(config: dict) -> dict:
     resume = restored_state(CHECKPOINT_FILE, "checkpoint")
     if resume is not None:
         log.info("rank %d resumes at step %d", rank, resume["step"])
+    else:
+        seed_rank_rng(cfg.seed, rank)  # a warm start or a resume restores each rank's saved state over this
     restored = resume is not None
     warm = load_state_uri(spec.warm_start) if resume is None and spec.warm_start else None
     checks: list[tuple[int, list[str]]] = []  # (step, per-rank α fingerprints) of every consistency check
+    sink = tracking.MetricSink(uri, run_id) if rank == 0 else None
+    # a resumed group replays the steps after its checkpoint: those already recorded are not logged twice
+    logged = tracking.logged_steps(uri, run_id, "entropy") if sink is not None and restored else set()
+    odd = min(1, world - 1)  # the rank that fault injection hits
 
     def consistent(state) -> list[str]:
         fps = check_consistency(rt.comm, alpha_fingerprint(state), path_fingerprint(state.paths), state.step)
@@ -216,16 +287,20 @@ def train_loop_per_worker(config: dict) -> dict:
         return fps
 
     def after_step(state) -> None:
+        if spec.inject_divergence_at_step == state.step and rank == odd and world > 1:
+            inject_divergence_once(config["run_dir"], state)
         if state.step % spec.consistency_every == 0:
             consistent(state)
         fail = spec.inject_failure_at_step
-        if fail is not None and rank == min(1, world - 1) and state.step >= fail:
+        if fail is not None and rank == odd and state.step >= fail:
             inject_fault_once(config["run_dir"], rank, state.step)
+        if state.step in spec.pause_at_steps:
+            pause_once(config["run_dir"], rt.comm, state.step)
 
     def on_step(state, row: dict) -> None:
-        if rank == 0:
+        if sink is not None and state.step not in logged:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            tracking.log_metrics(uri, run_id, metrics, step=state.step)
+            sink.log(metrics, step=state.step)
 
     def checkpoint(state) -> None:
         fps = consistent(state)
@@ -235,15 +310,23 @@ def train_loop_per_worker(config: dict) -> dict:
         files = {CHECKPOINT_FILE: saved, "alpha_fingerprints.json": {"step": state.step, "ranks": fps}}
         report_checkpoint(metrics, files if rank == 0 else None)
 
-    result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint, resume=resume,
-                        latency=resolve_latency(cfg), warm_start=warm, warmup_only=spec.warmup_only,
-                        progress=RankZeroBar if rank == 0 else False)
+    try:
+        result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint,
+                            resume=resume, latency=resolve_latency(cfg), warm_start=warm,
+                            warmup_only=spec.warmup_only, progress=RankZeroBar if rank == 0 else False)
+    except RanksDiverged as e:
+        log.error("rank %d: %s", rank, e)
+        return {"diverged": str(e), "consistency_checks": checks}
     out = result.to_dict()
     out["rank_fingerprints"] = rt.comm.gather(result.alpha_fingerprint)
     out["rank_archs"] = rt.comm.gather(result.arch)
+    out["rank_nodes"] = rt.comm.gather(ray.get_runtime_context().get_node_id())
     out["consistency_checks"] = checks
     out["restored"] = restored
     out["resumed_from_step"] = resume["step"] if restored else None
+    if sink is not None:
+        sink.flush(force=True)
+        out["tracking"] = sink.summary()
     return out
 
 
@@ -294,6 +377,43 @@ def check_existing_run(storage: str, name: str, cfg: SearchConfig) -> None:
                          f"{', '.join(diff)}); refusing to resume it: choose another --name")
 
 
+RUN_FILE = "mlflow-run.json"
+
+
+def tracked_run(storage: str, name: str, uri: str, experiment: str, create: Any) -> tuple[str, bool]:
+    """The MLflow run of the run folder ``storage``/``name``: the run recorded there, reopened, when it is not
+    FINISHED (its driver died: the same command continues the same run, as Ray Train continues its
+    checkpoints), else a new one from ``create()``, recorded there. Returns (run id, whether it was reopened)."""
+    from orchestrator import storage as st
+    from orchestrator import tracking
+
+    loc = st.resolve(storage)
+    rel = f"{name}/{RUN_FILE}"
+    if st.exists(loc, rel):
+        saved = json.loads(st.read_bytes(loc, rel))
+        if saved.get("tracking_uri") == uri and tracking.reopen_run(uri, saved["run_id"], experiment):
+            return saved["run_id"], True
+    run_id = create()
+    st.publish_bytes(loc, rel, json.dumps({"tracking_uri": uri, "experiment": experiment, "run_id": run_id},
+                                          indent=1).encode())
+    return run_id, False
+
+
+def log_tracking_summary(uri: str, run_id: str, summary: dict | None) -> dict[str, float]:
+    """Send what rank 0 could not (with MlflowClient's own retries: the driver holds no rank) and return the
+    tracking counters to record on the run: points sent late, metrics lost to the buffer's bound, seconds rank 0
+    spent in tracking calls."""
+    from orchestrator import tracking
+
+    if not summary:
+        return {}
+    if summary["unsent"]:
+        log.warning("sending %d metric(s) that rank 0 could not", len(summary["unsent"]))
+        tracking.log_metric_rows(uri, run_id, summary["unsent"])
+    return {"tracking_deferred_points": summary["deferred_points"],
+            "tracking_dropped_metrics": summary["dropped_metrics"], "tracking_seconds": summary["seconds"]}
+
+
 def failure_line(e: BaseException) -> str:
     """One line that names why a Train run failed: the first failing worker's own exception when there is one
     (Ray wraps it in a ``WorkerGroupError`` and a ``RayTaskError``), else the error's first line."""
@@ -333,8 +453,10 @@ def fit_tracked(what: str, name: str, loop: Any, loop_config: dict, *, num_worke
     try:
         result = trainer.fit()
     except Exception as e:
+        line = failure_line(e)
+        tracking.set_tags(uri, run_id, {"nas.failure": line[:5000]})
         tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"{what} {name!r} failed: {failure_line(e)}") from e
+        raise RuntimeError(f"{what} {name!r} failed: {line}") from e
     if result.return_value is None:
         tracking.end_run(uri, run_id, "FAILED")
         raise RuntimeError(f"{what} {name!r} returned no result")
@@ -369,11 +491,16 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
         tags = {"nas.kind": "search", "nas.space": space.name, "nas.space_fingerprint": space.fingerprint(),
                 "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
                 "nas.storage": f"{storage}/{name}", "nas.data": data.where, **dict(spec.tags)}
-        run_id = tracking.create_run(uri, spec.experiment, name,
-                                     params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
-                                             "provenance": provenance()},
-                                     tags=tags, parent_run_id=spec.parent_run_id)
-        log_latency_model(uri, run_id, latency)
+
+        def create() -> str:
+            new_id = tracking.create_run(uri, spec.experiment, name,
+                                         params={"search": cfg.to_dict(), "run": asdict(spec) | {"name": name},
+                                                 "provenance": provenance()},
+                                         tags=tags, parent_run_id=spec.parent_run_id)
+            log_latency_model(uri, new_id, latency)
+            return new_id
+
+        run_id, _ = tracked_run(storage, name, uri, spec.experiment, create)
         result, wall = fit_tracked(
             "search", name, train_loop_per_worker,
             {"search": cfg.to_dict(), "spec": asdict(spec), "run_id": run_id, "tracking_uri": uri,
@@ -381,6 +508,10 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
             num_workers=spec.num_workers, use_gpu=spec.use_gpu, per_worker=per_worker, storage=storage,
             max_failures=spec.max_failures, keep=2, callbacks=callbacks, uri=uri, run_id=run_id)
     out = result.return_value
+    if out.get("diverged"):
+        tracking.set_tags(uri, run_id, {"nas.failure": out["diverged"]})
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RanksDiverged(f"search {name!r} failed: {out['diverged']}")
     ckpt_path = None
     if result.checkpoint is not None:
         ckpt_path = result.checkpoint.path
@@ -388,7 +519,8 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
             ckpt_path = "s3://" + ckpt_path
     worker_seconds = wall * spec.num_workers
     on_gpu = str(out.get("device", "cpu")).startswith("cuda")  # what the workers really ran on
-    log_search_result(uri, run_id, out, cost=search_cost(out, worker_seconds, wall, on_gpu))
+    gap = log_tracking_summary(uri, run_id, out.get("tracking"))
+    log_search_result(uri, run_id, out, cost={**search_cost(out, worker_seconds, wall, on_gpu), **gap})
     tracking.end_run(uri, run_id)
     return DistributedResult(out, run_id, uri, storage, name, ckpt_path, worker_seconds, wall)
 
@@ -407,10 +539,14 @@ def log_latency_model(uri: str, run_id: str, latency) -> None:
 
 def search_cost(search: dict, worker_seconds: float, wall: float, on_gpu: bool) -> dict[str, float]:
     """A search's cost record: worker-seconds of the whole Train run (start-up included), GPU-seconds only when the
-    workers ran on GPUs, and rank 0's seconds per phase, each timed directly (``SearchResult.seconds``)."""
+    workers ran on GPUs, rank 0's seconds per phase, each timed directly (``SearchResult.seconds``), and the
+    ``cost.*`` breakdown (warm-up, weight steps, architecture steps, the rest) every run and point carries."""
+    from orchestrator.cost import search_cost as breakdown
+
     phases = {f"{k}_seconds": float(v) for k, v in search.get("seconds", {}).items()}
+    parts = breakdown(search.get("seconds", {}), worker_seconds, int(search.get("world_size", 1)), on_gpu)
     return {"worker_seconds": worker_seconds, "gpu_seconds": worker_seconds if on_gpu else 0.0,
-            "wall_seconds": wall, **phases}
+            "wall_seconds": wall, **phases, **parts.metrics()}
 
 
 def alpha_table_csv(search: dict) -> str:

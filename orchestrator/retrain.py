@@ -11,6 +11,7 @@ It trains on the weight-training and held-out images of the data spec and valida
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import tempfile
@@ -287,25 +288,37 @@ def train_loop_per_worker(config: dict) -> dict:
     """Runs on every Train worker: restore or start, train on this rank's device with averaged gradients,
     evaluate once across ranks and report a checkpoint every epoch."""
     from orchestrator import tracking
-    from orchestrator.distributed import RankZeroBar, report_checkpoint, restored_state, worker_runtime
+    from orchestrator.distributed import (
+        RankZeroBar,
+        report_checkpoint,
+        restored_state,
+        seed_rank_rng,
+        worker_runtime,
+    )
     from orchestrator.state_io import state_bytes
 
     cfg = retrain_config_from_dict(config["retrain"])
     rt = worker_runtime(config["use_gpu"], cfg.precision, cfg.channels_last, int(config["threads"]))
     resume = restored_state(CHECKPOINT_FILE, "retrain checkpoint")
+    if resume is None:
+        seed_rank_rng(cfg.seed, rt.rank)  # each rank its own dropout draws; a resume restores them instead
+    sink = tracking.MetricSink(config["tracking_uri"], config["run_id"]) if rt.rank == 0 else None
 
     def on_epoch(state: RetrainState, row: dict) -> None:
         saved = retrain_state_dict(state, cfg, config["arch"])  # collective
-        if rt.rank == 0:
-            tracking.log_metrics(config["tracking_uri"], config["run_id"], row, step=row["epoch"])
+        if sink is not None:
+            sink.log(row, step=row["epoch"])
         report_checkpoint(row, {CHECKPOINT_FILE: saved} if rt.rank == 0 else None)
 
     net, state = train_net(config["arch"], cfg, rt=rt, on_epoch=on_epoch, resume=resume,
                            progress=RankZeroBar if rt.rank == 0 else False)
+    if sink is not None:
+        sink.flush(force=True)
     # Train refuses tensors in a return value: the weights travel as torch.save bytes
     return {"history": state.history, "seconds": state.seconds, "device": str(rt.device),
             "state_bytes": state_bytes({k: v.detach().cpu() for k, v in net.state_dict().items()}),
-            "resumed_from_epoch": resume["step"] // resume["steps_per_epoch"] if resume else None}
+            "resumed_from_epoch": resume["step"] // resume["steps_per_epoch"] if resume else None,
+            "tracking": sink.summary() if sink is not None else None}
 
 
 def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: Sequence[Any] = (),
@@ -332,7 +345,8 @@ def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: 
     uri = tracking.resolve_tracking_uri(spec.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
-    name = spec.name or f"retrain-{abs(hash(arch)) % 10**8:08d}"
+    # a stable default name (str hashes differ per process), so that the same command resumes the run
+    name = spec.name or f"retrain-{hashlib.sha256(arch.encode()).hexdigest()[:8]}"
     with ray_session():
         return _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics,
                             extra_files, extra_tags, onnx_dir, cost_before)
@@ -340,11 +354,10 @@ def run_retrain(arch: str, cfg: RetrainConfig, spec: RetrainSpec, *, callbacks: 
 
 def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callbacks, extra_metrics, extra_files,
                  extra_tags, onnx_dir, cost_before) -> RetrainResult:
-    from orchestrator.cost import Cost, retrain_cost
-
     from orchestrator import tracking
+    from orchestrator.cost import Cost, retrain_cost
     from orchestrator.cluster_checks import check_resources, per_worker_resources
-    from orchestrator.distributed import fit_tracked
+    from orchestrator.distributed import fit_tracked, log_tracking_summary, tracked_run
     from orchestrator.export import export_onnx
     from orchestrator.netconfig import to_net_config
     from orchestrator.network import build_net
@@ -355,10 +368,11 @@ def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callback
     tags = {"nas.kind": "retrain", "nas.arch": arch, "nas.space": a.space, "nas.space_fingerprint":
             space.fingerprint(), "nas.run_name": name, "nas.data": splits.where, **dict(spec.tags),
             **dict(extra_tags or {})}
-    run_id = tracking.create_run(uri, spec.experiment, name, tags=tags, parent_run_id=spec.parent_run_id,
-                                 params={"arch": arch, "retrain": cfg.to_dict(), "provenance": provenance(),
-                                         "run": {"num_workers": spec.num_workers, "use_gpu": spec.use_gpu,
-                                                 "cpus_per_worker": spec.cpus_per_worker}})
+    run_id, _ = tracked_run(storage, name, uri, spec.experiment, lambda: tracking.create_run(
+        uri, spec.experiment, name, tags=tags, parent_run_id=spec.parent_run_id,
+        params={"arch": arch, "retrain": cfg.to_dict(), "provenance": provenance(),
+                "run": {"num_workers": spec.num_workers, "use_gpu": spec.use_gpu,
+                        "cpus_per_worker": spec.cpus_per_worker}}))
     result, wall = fit_tracked(
         "retrain", name, train_loop_per_worker,
         {"arch": arch, "retrain": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "use_gpu": spec.use_gpu,
@@ -377,6 +391,7 @@ def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callback
     on_gpu = out["device"].startswith("cuda")
     cost = {"worker_seconds": worker_seconds, "gpu_seconds": worker_seconds if on_gpu else 0.0,
             "wall_seconds": wall, **{f"{k}_seconds": v for k, v in out["seconds"].items()}}
+    gap = log_tracking_summary(uri, run_id, out.get("tracking"))
     tracking.log_artifact_files(uri, run_id, {
         "arch.txt": arch + "\n", "net.config": json.dumps(to_net_config(a), indent=4),
         "net.onnx": onnx_path.read_bytes(),
@@ -387,7 +402,7 @@ def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callback
     })
     total = (cost_before or Cost()) + retrain_cost(worker_seconds, on_gpu)
     tracking.log_metrics(uri, run_id, {"val_accuracy": last["val_accuracy"], "val_error": 1 - last["val_accuracy"],
-                                       "val_images": last["val_images"], **cost, **total.metrics(),
+                                       "val_images": last["val_images"], **cost, **gap, **total.metrics(),
                                        "point_worker_seconds": total.total_worker,
                                        "point_gpu_seconds": total.total_gpu, **dict(extra_metrics or {})},
                          step=cfg.epochs)

@@ -173,3 +173,163 @@ def mark_stale_runs(uri: str, experiment: str, filter_string: str, status: str =
     for r in stale:
         end_run(uri, r.info.run_id, status)
     return [r.info.run_id for r in stale]
+
+
+# ------------------------------------------------------------------------------------------- reopening a run
+def reopen_run(uri: str, run_id: str, experiment: str) -> bool:
+    """Mark an interrupted run (not FINISHED) of ``experiment`` RUNNING again, so that a restarted driver
+    continues it; returns False when the run is gone, finished, deleted or of another experiment (the caller
+    then creates a new run). The run's tag ``nas.driver_restarts`` counts the reopenings."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        return False
+    exp = c.get_experiment_by_name(experiment)
+    if (exp is None or run.info.experiment_id != exp.experiment_id or run.info.status == "FINISHED"
+            or run.info.lifecycle_stage != "active"):
+        return False
+    restarts = int(run.data.tags.get("nas.driver_restarts", "0")) + 1
+    c.update_run(run_id, status="RUNNING")
+    c.set_tag(run_id, "nas.driver_restarts", str(restarts))
+    log.info("MLflow run %s continues (driver restart %d)", run_id, restarts)
+    return True
+
+
+# ------------------------------------------------------------------------------- metrics from a training loop
+LOG_BATCH_LIMIT = 1000  # metrics per log-batch request (MLflow's limit)
+
+
+def _send_metrics(uri: str, run_id: str, rows: list[tuple[str, float, int, int]], timeout_s: float,
+                  retries: int) -> None:
+    """One log-batch of (key, value, timestamp ms, step) rows. Over HTTP with this call's own timeout and retries
+    (MlflowClient's default is 7 retries with exponential backoff and a 120 s timeout, minutes in all)."""
+    if uri.startswith(("http://", "https://")):
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/log-batch"
+        body = {"run_id": run_id,
+                "metrics": [{"key": k, "value": v, "timestamp": ts, "step": s} for k, v, ts, s in rows]}
+        resp = http_request(get_default_host_creds(uri), endpoint, "POST", max_retries=retries, backoff_factor=0.5,
+                            backoff_jitter=0.0, timeout=timeout_s, json=body)
+        verify_rest_response(resp, endpoint)
+        return
+    from mlflow.entities import Metric
+
+    client(uri).log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in rows])
+
+
+def logged_steps(uri: str, run_id: str, key: str, timeout_s: float = 5.0) -> set[int]:
+    """The steps at which ``key`` is already recorded (empty if the store does not answer in time): a resumed
+    training loop does not log the steps it replays a second time."""
+    try:
+        if uri.startswith(("http://", "https://")):
+            from mlflow.utils.credentials import get_default_host_creds
+            from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+            endpoint, steps, token = "/api/2.0/mlflow/metrics/get-history", set(), None
+            while True:
+                params = {"run_id": run_id, "metric_key": key, "max_results": 25000,
+                          **({"page_token": token} if token else {})}
+                resp = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=1, backoff_factor=0.5,
+                                    timeout=timeout_s, params=params)
+                body = verify_rest_response(resp, endpoint).json()
+                steps |= {int(m.get("step", 0)) for m in body.get("metrics", [])}
+                token = body.get("next_page_token")
+                if not token:
+                    return steps
+        return {m.step for m in client(uri).get_metric_history(run_id, key)}
+    except Exception as e:  # noqa: BLE001 (the record is best effort here: at worst a step is logged twice)
+        log.warning("could not read the logged steps of %s from %s: %s", key, uri, str(e).splitlines()[0][:200])
+        return set()
+
+
+class MetricSink:
+    """Metrics of a training loop (rank 0 of a Train run), sent so that the tracking store can never stall the
+    loop, and with it every other rank waiting at the next collective.
+
+    Each send is bounded: one HTTP attempt of at most ``timeout_s`` plus ``retries`` quick retries. While the store
+    does not answer, metrics are kept in order (at most ``max_pending``; beyond that the oldest are dropped and
+    counted) and sent, with their own steps and timestamps, by the first later call that gets through; after a
+    failure nothing is tried for ``backoff_s`` seconds, doubling with every further failure up to
+    ``max_backoff_s``, so an outage costs the loop one failed attempt per back-off. ``deferred`` counts the logged
+    points that could not be sent when logged, ``dropped`` the metrics lost to the bound, ``seconds`` the time
+    spent in tracking calls."""
+
+    def __init__(self, uri: str, run_id: str, *, timeout_s: float = 5.0, retries: int = 1, backoff_s: float = 2.0,
+                 max_backoff_s: float = 60.0, max_pending: int = 100_000) -> None:
+        self.uri, self.run_id = uri, run_id
+        self.timeout_s, self.retries = timeout_s, retries
+        self.backoff_s, self.max_backoff_s, self.max_pending = backoff_s, max_backoff_s, max_pending
+        self.pending: list[tuple[str, float, int, int]] = []
+        self.deferred = 0
+        self.dropped = 0
+        self.failures = 0  # failed sends in a row
+        self.seconds = 0.0
+        self._next_try = 0.0
+
+    def log(self, metrics: Mapping[str, float], step: int) -> bool:
+        """Queue one point (its metrics at ``step``) and send what is queued; True when all of it was sent."""
+        import time
+
+        ts = int(time.time() * 1000)
+        rows = [(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None]
+        if not rows:
+            return self.flush()
+        self.pending += rows
+        over = len(self.pending) - self.max_pending
+        if over > 0:
+            del self.pending[:over]
+            self.dropped += over
+        sent = self.flush()
+        if not sent:
+            self.deferred += 1
+        return sent
+
+    def flush(self, force: bool = False) -> bool:
+        """Send what is queued (unless in back-off, which ``force`` ignores); True when nothing is left."""
+        import time
+
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        t0 = time.monotonic()
+        try:
+            while self.pending:
+                chunk = self.pending[:LOG_BATCH_LIMIT]
+                _send_metrics(self.uri, self.run_id, chunk, self.timeout_s, self.retries)
+                del self.pending[:len(chunk)]
+        except Exception as e:  # noqa: BLE001 (whatever the store answers, training goes on)
+            self.failures += 1
+            wait = min(self.max_backoff_s, self.backoff_s * 2 ** (self.failures - 1))
+            self._next_try = time.monotonic() + wait
+            log.warning("tracking store %s did not take %d metric(s) (%s); keeping them, next try in %.0f s",
+                        self.uri, len(self.pending), str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                        wait)
+            return False
+        finally:
+            self.seconds += time.monotonic() - t0
+        if self.failures:
+            log.warning("tracking store %s answers again: sent the metrics kept meanwhile", self.uri)
+        self.failures = 0
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """What the driver needs at the end: unsent rows (it sends them with MlflowClient's own retries) and the
+        counters recorded on the run."""
+        return {"unsent": list(self.pending), "deferred_points": self.deferred, "dropped_metrics": self.dropped,
+                "seconds": self.seconds}
+
+
+def log_metric_rows(uri: str, run_id: str, rows: list) -> None:
+    """Rows (key, value, timestamp ms, step) that a training loop could not send, sent by the driver."""
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    for i in range(0, len(rows), LOG_BATCH_LIMIT):
+        chunk = rows[i:i + LOG_BATCH_LIMIT]
+        c.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(s)) for k, v, ts, s in chunk])

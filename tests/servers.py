@@ -184,12 +184,68 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what
 
 # ---- MLflow -------------------------------------------------------------------------------------------------
 
+class RestartableMlflowServer:
+    """An ``mlflow server`` process on 127.0.0.1 that a test can kill and start again on the same port and store (a
+    tracking outage in the middle of a run). ``start_mlflow_server`` runs one; its ``MlflowServer.control`` is this."""
+
+    def __init__(self, workdir: Path, artifacts_destination: str | None = None, backend_store_uri: str | None = None,
+                 env: dict[str, str] | None = None, timeout: float = 90.0) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port, self.timeout, self.env = free_port(), timeout, env
+        self.backend = backend_store_uri or f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+        self.artifacts = artifacts_destination or (self.workdir / "artifacts").resolve().as_uri()
+        self.log = self.workdir / "mlflow-server.log"
+        self.proc: subprocess.Popen | None = None
+        self.cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
+                    "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", "1"]
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers /health (about 12 to 20 s)."""
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=_base_env(self.env), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        _wait_http(f"{self.tracking_uri}/health", self.proc, self.log, self.timeout, "mlflow server")
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop the server's whole process group: SIGKILL at once (a crash) unless ``grace`` seconds are given for
+        a SIGTERM first; then wait until the port refuses connections."""
+        if self.proc is not None:
+            if grace > 0:
+                _stop_group(self.proc, grace=grace)
+            else:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session=True: the leader's pid is the group
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.proc.wait(timeout=10)
+            self.proc = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.1)
+
+
 @dataclass(frozen=True)
 class MlflowServer:
     tracking_uri: str  # "http://127.0.0.1:PORT": what clients (and Ray workers) set as MLFLOW_TRACKING_URI
     artifacts_destination: str  # "s3://bucket/prefix" or "file:///abs/dir": where the server stores artifacts
     backend_store_uri: str  # "sqlite:////abs/mlflow.db"
     log_path: Path  # the server's stdout+stderr
+    control: RestartableMlflowServer | None = None  # its process: stop() and start() it for an outage
 
     @property
     def s3_bucket(self) -> str | None:
@@ -213,26 +269,16 @@ class MlflowServer:
 def start_mlflow_server(workdir: Path, artifacts_destination: str | None = None,
                         backend_store_uri: str | None = None, env: dict[str, str] | None = None,
                         timeout: float = 90.0):
-    """Run ``mlflow server`` on 127.0.0.1 (free port) until the block exits.
+    """Run ``mlflow server`` on 127.0.0.1 (free port) until the block exits, whatever state a test left it in.
 
     ``artifacts_destination`` defaults to ``file://<workdir>/artifacts``; ``backend_store_uri`` to SQLite in
     ``workdir``. ``env`` is added to the server's environment (S3 credentials, MLFLOW_S3_ENDPOINT_URL)."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    backend = backend_store_uri or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-    artifacts = artifacts_destination or (workdir / "artifacts").resolve().as_uri()
-    log = workdir / "mlflow-server.log"
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend,
-           "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=_base_env(env), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = RestartableMlflowServer(workdir, artifacts_destination, backend_store_uri, env, timeout)
+    proc.start()
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout, "mlflow server")
-        yield MlflowServer(f"http://127.0.0.1:{port}", artifacts, backend, log)
+        yield MlflowServer(proc.tracking_uri, proc.artifacts, proc.backend, proc.log, proc)
     finally:
-        _stop_group(proc, grace=10)
+        proc.stop(grace=10)
 
 
 @pytest.fixture(scope="session")

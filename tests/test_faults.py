@@ -1,0 +1,140 @@
+"""What ranks must agree on, checked on a real two-process ``torch.distributed`` group (gloo, as inside Ray Train
+workers) without Ray: BatchNorm statistics that really differ between ranks are checkpointed as their cross-rank
+mean; each rank's random state is saved and comes back to that rank; sampled paths that differ stop the run
+naming the rank. Also the search driver that ``tests/test_distributed.py`` SIGKILLs (run as
+``python -m tests.test_faults``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+TINY = ROOT / "configs" / "tiny.yaml"
+# as tests/test_distributed.py's OVERRIDES
+DRIVER_OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
+
+
+# ---- two ranks on gloo, in spawned processes ----------------------------------------------------------------------
+
+def _bn_names(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the BN running statistics, in ``bn_buffers`` order."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            names += [f"{name}.running_mean", f"{name}.running_var"]
+    return names
+
+
+def _rank_main(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: a warm-up of the tiny search on this rank's share of the digits, then its checkpoint, a restore
+    into a fresh state, and a consistency check with paths that differ on rank 1."""
+    import torch.distributed as dist
+
+    from orchestrator.distributed import RanksDiverged, check_consistency, seed_rank_rng
+    from orchestrator.search import load_config, resolve_latency, run_search
+    from orchestrator.search.state import init_state, load_state_dict, state_dict
+    from orchestrator.train.runtime import DistComm, Runtime, bn_buffers
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        rt = Runtime(comm=DistComm())
+        cfg = load_config(TINY)
+        seed_rank_rng(cfg.seed, rank)  # as a Train worker on a fresh start
+        got: dict = {}
+
+        def checkpoint(state) -> None:
+            got["per_rank"] = rt.comm.gather([b.detach().clone() for b in bn_buffers(state.supernet)])
+            got["saved"] = state_dict(state)  # collective: averages BN statistics, gathers every rank's RNG
+            got["names"] = _bn_names(state.supernet)
+            got["spe"] = state.steps_per_epoch
+
+        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # 38 weight steps, one checkpoint
+        saved = got["saved"]
+        # a resumed rank: another random state first, then the checkpoint restores this rank's own
+        torch.manual_seed(1000 + rank)
+        fresh = init_state(cfg, resolve_latency(cfg), got["spe"], rt)
+        load_state_dict(fresh, saved)
+        restored_own = torch.get_rng_state().equal(saved["rng"][rank]["cpu"])
+        restored_all = rt.comm.gather(restored_own)
+        try:
+            check_consistency(rt.comm, "same-alpha", f"paths-of-rank-{min(rank, 1)}", step=7)
+            diverged = None
+        except RanksDiverged as e:
+            diverged = str(e)
+        if rank == 0:
+            torch.save({"per_rank": got["per_rank"], "saved_bn": [saved["supernet"][k] for k in got["names"]],
+                        "names": got["names"], "rng": [r["cpu"] for r in saved["rng"]],
+                        "restored": restored_all, "diverged": diverged}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (about 15 s on 2 cores)."""
+    import torch.multiprocessing as mp
+
+    from tests.servers import free_port
+
+    out = tmp_path_factory.mktemp("gloo") / "rank0.pt"
+    mp.spawn(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.slow
+def test_checkpointed_bn_statistics_are_the_mean_over_ranks(two_ranks):
+    per_rank, saved = two_ranks["per_rank"], two_ranks["saved_bn"]
+    assert len(per_rank) == 2 and len(saved) == len(per_rank[0]) == len(two_ranks["names"]) > 0
+    # the ranks saw different images, so their running statistics really differ
+    spread = max(float((a - b).abs().max()) for a, b in zip(per_rank[0], per_rank[1]))
+    assert spread > 1e-3, spread
+    for name, mine, other, got in zip(two_ranks["names"], per_rank[0], per_rank[1], saved):
+        assert torch.allclose(got, (mine + other) / 2, rtol=0, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_each_rank_saves_and_restores_its_own_random_state(two_ranks):
+    rng = two_ranks["rng"]
+    assert len(rng) == 2 and not rng[0].equal(rng[1])  # one state per rank, and they differ
+    assert two_ranks["restored"] == [True, True]  # after load_state_dict each rank holds its own saved state
+
+
+@pytest.mark.slow
+def test_ranks_that_sampled_different_paths_are_named(two_ranks):
+    msg = two_ranks["diverged"]
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith("sampled paths diverged across ranks at step 7: rank(s) [1] differ from rank 0"), msg
+
+
+# ---- the driver that tests/test_distributed.py kills ----------------------------------------------------------------
+
+def _drive(argv: list[str]) -> None:
+    """A search driver as ``nas search --workers 2`` runs it, with a pause to strike at (``--pause STEP``): joins
+    Ray at RAY_ADDRESS and prints one JSON line about the result."""
+    import argparse
+
+    from orchestrator.distributed import RunSpec, run_distributed_search
+    from orchestrator.search import load_config
+
+    p = argparse.ArgumentParser()
+    for opt in ("--name", "--storage", "--tracking-uri", "--experiment"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--pause", type=int, action="append", default=[])
+    a = p.parse_args(argv)
+    spec = RunSpec(num_workers=2, storage_path=a.storage, name=a.name, tracking_uri=a.tracking_uri,
+                   experiment=a.experiment, pause_at_steps=tuple(a.pause))
+    res = run_distributed_search(load_config(TINY, DRIVER_OVERRIDES), spec)
+    print(json.dumps({"run_id": res.run_id, "resumed_from_step": res.search["resumed_from_step"],
+                      "arch": res.search["arch"], "alpha_fingerprint": res.search["alpha_fingerprint"]}))
+
+
+if __name__ == "__main__":
+    _drive(sys.argv[1:])
