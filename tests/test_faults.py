@@ -114,6 +114,58 @@ def test_ranks_that_sampled_different_paths_are_named(two_ranks):
     assert msg.startswith("sampled paths diverged across ranks at step 7: rank(s) [1] differ from rank 0"), msg
 
 
+# ---- the MLflow run of a run folder, and rank 0's metric sink (no Ray) ------------------------------------------------
+
+def test_an_unfinished_run_is_reopened_and_a_finished_one_is_not(tmp_path):
+    """The same run folder continues its MLflow run while that run is not FINISHED (a killed driver leaves it RUNNING;
+    a resumed sweep marks it KILLED); once finished, a new run starts. Search and retrain share this."""
+    from orchestrator import tracking
+    from orchestrator.distributed import tracked_run
+
+    uri, storage = f"sqlite:///{tmp_path}/m.db", str(tmp_path / "runs")
+    create = lambda: tracking.create_run(uri, "exp", "r")  # noqa: E731
+    first, reopened = tracked_run(storage, "r", uri, "exp", create)
+    assert not reopened
+    assert tracked_run(storage, "r", uri, "exp", create) == (first, True)  # left RUNNING: continued
+    tracking.end_run(uri, first, "KILLED")
+    assert tracked_run(storage, "r", uri, "exp", create) == (first, True)
+    assert tracking.client(uri).get_run(first).data.tags["nas.driver_restarts"] == "2"
+    assert tracking.client(uri).get_run(first).info.status == "RUNNING"
+    tracking.end_run(uri, first)
+    second, reopened = tracked_run(storage, "r", uri, "exp", create)
+    assert second != first and not reopened  # a finished run is never reopened
+    other, _ = tracked_run(storage, "r", uri, "another-exp", lambda: tracking.create_run(uri, "another-exp", "r"))
+    assert other not in (first, second)  # nor one of another experiment
+    assert len(tracking.find_runs(uri, "exp")) == 2
+
+
+def test_metric_sink_keeps_points_an_absent_server_did_not_take_without_waiting(tmp_path):
+    import time
+
+    from orchestrator import tracking
+    from tests.servers import free_port
+
+    sink = tracking.MetricSink(f"http://127.0.0.1:{free_port()}", "no-run", timeout_s=2.0, backoff_s=30.0)
+    t0 = time.monotonic()
+    assert not sink.log({"loss": 1.0, "acc": 0.5}, step=1)  # nothing listens: refused at once
+    assert not sink.log({"loss": 0.9}, step=2)  # in back-off: not even tried
+    assert time.monotonic() - t0 < 5
+    assert [(k, v, s) for k, v, _, s in sink.pending] == [("loss", 1.0, 1), ("acc", 0.5, 1), ("loss", 0.9, 2)]
+    assert sink.deferred == 2 and sink.failures == 1
+    # a store that answers takes what was kept, in order, with the original steps and timestamps
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = tracking.create_run(uri, "exp", "r")
+    sink.uri, sink.run_id = uri, run_id
+    kept = list(sink.pending)
+    assert sink.flush(force=True) and sink.pending == [] and sink.failures == 0
+    history = tracking.client(uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value, m.timestamp) for m in history] == [(s, v, ts) for k, v, ts, s in kept if k == "loss"]
+    bounded = tracking.MetricSink(f"http://127.0.0.1:{free_port()}", "no-run", max_pending=3)
+    for step in range(3):
+        bounded.log({"a": 1.0, "b": 2.0}, step=step)
+    assert len(bounded.pending) == 3 and bounded.dropped == 3 and bounded.pending[0][3] == 1  # the oldest went
+
+
 # ---- the driver that tests/test_distributed.py kills ----------------------------------------------------------------
 
 def _drive(argv: list[str]) -> None:
