@@ -46,7 +46,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         rt = Runtime(comm=DistComm())
-        cfg = load_config(TINY)
+        cfg = load_config(TINY, ("weight.batch_size=64",))  # 19 steps of 32 images per rank
         seed_rank_rng(cfg.seed, rank)  # as a Train worker on a fresh start
         got: dict = {}
 
@@ -56,7 +56,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
             got["names"] = _bn_names(state.supernet)
             got["spe"] = state.steps_per_epoch
 
-        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # 38 weight steps, one checkpoint
+        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # the warm-up, one checkpoint
         saved = got["saved"]
         # a resumed rank: another random state first, then the checkpoint restores this rank's own
         torch.manual_seed(1000 + rank)
@@ -79,7 +79,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (about 15 s on 2 cores)."""
+    """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (10 to 20 s on 2 cores)."""
     import torch.multiprocessing as mp
 
     from tests.servers import free_port
