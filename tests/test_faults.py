@@ -46,7 +46,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         rt = Runtime(comm=DistComm())
-        cfg = load_config(TINY)
+        cfg = load_config(TINY, ("weight.batch_size=64",))  # 19 steps of 32 images per rank
         seed_rank_rng(cfg.seed, rank)  # as a Train worker on a fresh start
         got: dict = {}
 
@@ -56,7 +56,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
             got["names"] = _bn_names(state.supernet)
             got["spe"] = state.steps_per_epoch
 
-        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # 38 weight steps, one checkpoint
+        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # the warm-up, one checkpoint
         saved = got["saved"]
         # a resumed rank: another random state first, then the checkpoint restores this rank's own
         torch.manual_seed(1000 + rank)
@@ -79,7 +79,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (about 15 s on 2 cores)."""
+    """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (10 to 20 s on 2 cores)."""
     import torch.multiprocessing as mp
 
     from tests.servers import free_port
@@ -112,6 +112,58 @@ def test_ranks_that_sampled_different_paths_are_named(two_ranks):
     msg = two_ranks["diverged"]
     assert msg is not None and "\n" not in msg
     assert msg.startswith("sampled paths diverged across ranks at step 7: rank(s) [1] differ from rank 0"), msg
+
+
+# ---- the MLflow run of a run folder, and rank 0's metric sink (no Ray) ------------------------------------------------
+
+def test_an_unfinished_run_is_reopened_and_a_finished_one_is_not(tmp_path):
+    """The same run folder continues its MLflow run while that run is not FINISHED (a killed driver leaves it RUNNING;
+    a resumed sweep marks it KILLED); once finished, a new run starts. Search and retrain share this."""
+    from orchestrator import tracking
+    from orchestrator.distributed import tracked_run
+
+    uri, storage = f"sqlite:///{tmp_path}/m.db", str(tmp_path / "runs")
+    create = lambda: tracking.create_run(uri, "exp", "r")  # noqa: E731
+    first, reopened = tracked_run(storage, "r", uri, "exp", create)
+    assert not reopened
+    assert tracked_run(storage, "r", uri, "exp", create) == (first, True)  # left RUNNING: continued
+    tracking.end_run(uri, first, "KILLED")
+    assert tracked_run(storage, "r", uri, "exp", create) == (first, True)
+    assert tracking.client(uri).get_run(first).data.tags["nas.driver_restarts"] == "2"
+    assert tracking.client(uri).get_run(first).info.status == "RUNNING"
+    tracking.end_run(uri, first)
+    second, reopened = tracked_run(storage, "r", uri, "exp", create)
+    assert second != first and not reopened  # a finished run is never reopened
+    other, _ = tracked_run(storage, "r", uri, "another-exp", lambda: tracking.create_run(uri, "another-exp", "r"))
+    assert other not in (first, second)  # nor one of another experiment
+    assert len(tracking.find_runs(uri, "exp")) == 2
+
+
+def test_metric_sink_keeps_points_an_absent_server_did_not_take_without_waiting(tmp_path):
+    import time
+
+    from orchestrator import tracking
+    from tests.servers import free_port
+
+    sink = tracking.MetricSink(f"http://127.0.0.1:{free_port()}", "no-run", timeout_s=2.0, backoff_s=30.0)
+    t0 = time.monotonic()
+    assert not sink.log({"loss": 1.0, "acc": 0.5}, step=1)  # nothing listens: refused at once
+    assert not sink.log({"loss": 0.9}, step=2)  # in back-off: not even tried
+    assert time.monotonic() - t0 < 5
+    assert [(k, v, s) for k, v, _, s in sink.pending] == [("loss", 1.0, 1), ("acc", 0.5, 1), ("loss", 0.9, 2)]
+    assert sink.deferred == 2 and sink.failures == 1
+    # a store that answers takes what was kept, in order, with the original steps and timestamps
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = tracking.create_run(uri, "exp", "r")
+    sink.uri, sink.run_id = uri, run_id
+    kept = list(sink.pending)
+    assert sink.flush(force=True) and sink.pending == [] and sink.failures == 0
+    history = tracking.client(uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value, m.timestamp) for m in history] == [(s, v, ts) for k, v, ts, s in kept if k == "loss"]
+    bounded = tracking.MetricSink(f"http://127.0.0.1:{free_port()}", "no-run", max_pending=3)
+    for step in range(3):
+        bounded.log({"a": 1.0, "b": 2.0}, step=step)
+    assert len(bounded.pending) == 3 and bounded.dropped == 3 and bounded.pending[0][3] == 1  # the oldest went
 
 
 # ---- the driver that tests/test_distributed.py kills ----------------------------------------------------------------
