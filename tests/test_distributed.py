@@ -312,6 +312,8 @@ def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_clus
     points logged meanwhile reach it afterwards, with their own steps; the run records how many came late."""
     from mlflow import MlflowClient
 
+    from orchestrator import tracking
+
     server = mlflow_server.control  # the session's server: killed and restarted on the same port and store
     spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",
                    tracking_uri=server.tracking_uri, pause_at_steps=(6, 26))
@@ -333,6 +335,7 @@ def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_clus
     history = client.get_metric_history(res.run_id, "loss")
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in history) == list(range(2, 39, 2))  # every point once, the outage's included
+    assert tracking.logged_steps(server.tracking_uri, res.run_id, "loss") == set(range(2, 39, 2))  # over HTTP
     late = [m for m in history if 6 <= m.step < 26]
     assert len(late) == 10 and all(m.timestamp < back * 1000 for m in late)  # logged in the outage, sent later
     tracked = res.search["tracking"]
