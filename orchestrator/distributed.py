@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -233,6 +234,9 @@ class RankZeroBar:
 
     def close(self) -> None:
         self.bar.close()
+        # The closing state is a line on this worker's stdout, which Ray forwards to the driver; Ray Train ends the
+        # worker soon after, so flush it now or the driver keeps redrawing a finished bar for the rest of a sweep.
+        sys.stdout.flush()
 
 
 def restored_state(file: str, what: str) -> dict | None:

@@ -46,6 +46,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         return
     address = address or os.environ.get("RAY_ADDRESS")
     logging.getLogger("ray").setLevel(logging.ERROR)  # before init: its notices (token auth) print during init
+    # Ray's LoggingConfig below sets the driver's level to WARNING, and a local cluster's token-auth notice (auth
+    # is on, as it should be) is a warning: keep that one logger quiet.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     quiet = dict(logging_level=logging.ERROR,  # the driver's own Ray logger: e.g. the token-auth notice
                  logging_config=ray.LoggingConfig(log_level="WARNING"))  # workers: no INFO chatter of Ray Train
     if address:

@@ -51,6 +51,31 @@ def s3_server():
         server.stop()
 
 
+def write_digits_jpegs(root, resolution: int = 32):
+    """scikit-learn's digits (1,797 real images, 10 classes) as an ImageFolder of JPEG files at ``resolution`` px:
+    the same split sizes as the embedded digits, read through the file and loader-process path instead."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    d = load_digits()
+    for i, (img, label) in enumerate(zip(d.images, d.target)):
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(img * 16, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((resolution, resolution), Image.BILINEAR).convert("RGB").save(
+            folder / f"{i:04d}.jpg", format="JPEG", quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_jpegs(tmp_path_factory):
+    return write_digits_jpegs(tmp_path_factory.mktemp("digits-jpeg") / "train")
+
+
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """Point this test's process at the S3 server through the standard AWS variables."""
@@ -212,7 +237,10 @@ class RestartableMlflowServer:
     def start(self) -> None:
         """Start the server and wait until it answers /health (about 12 to 20 s)."""
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=_base_env(self.env), stdout=out,
+            # No MLflow server jobs: they start about ten huey consumer processes per server, which compete with
+            # the tests' Ray workers for the machine's 2 cores, and nothing here uses them.
+            env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(self.env or {})}
+            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=_base_env(env), stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         _wait_http(f"{self.tracking_uri}/health", self.proc, self.log, self.timeout, "mlflow server")
 

@@ -54,7 +54,9 @@ def test_two_train_workers_see_each_image_once_per_epoch(tmp_path, s3_env):
         prepare_shards(tree, uri, PrepareOptions(shard_size=7, row_group_size=3, workers=2))
 
     env = {**s3_env.env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    # address="local": a private Ray, never a cluster another `ray start` on this machine left in
+    # /tmp/ray/ray_current_cluster (ray.init() with no address joins that one)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         trainer = TorchTrainer(
             _worker, train_loop_config={"uris": uris, "endpoint": s3_env.url},

@@ -29,6 +29,17 @@ TINY = ROOT / "configs" / "tiny.yaml"
 OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
 
 
+def data_overrides(folder) -> tuple[str, ...]:
+    """The search reads the digits as JPEG files, decoded and augmented by one loader process per rank: the faults
+    below are survived on the real data path, resumes exact through it."""
+    return ("data.kind=imagefolder", f"data.uri={folder}", "data.workers=1")
+
+
+@pytest.fixture(scope="module")
+def overrides(digits_jpegs) -> tuple[str, ...]:
+    return (*OVERRIDES, *data_overrides(digits_jpegs))
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster(s3_server):
     """Head and one more node, one CPU each, so that the two Train workers land on different nodes."""
@@ -54,11 +65,11 @@ def two_node_cluster(s3_server):
 
 
 @pytest.fixture(scope="module")
-def s3_search(two_node_cluster, s3_server, tmp_path_factory):
+def s3_search(two_node_cluster, s3_server, tmp_path_factory, overrides):
     """One uninterrupted 2-worker search with checkpoints in a bucket of the S3 server."""
     bucket = s3_server.new_bucket()
     tracking = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    cfg = load_config(TINY, OVERRIDES)
+    cfg = load_config(TINY, overrides)
     spec = RunSpec(num_workers=2, cpus_per_worker=1.0, storage_path=f"s3://{bucket}/runs", name="s3-run",
                    tracking_uri=tracking, experiment="dist-test", consistency_every=1)
     return run_distributed_search(cfg, spec), bucket, tracking
@@ -102,9 +113,9 @@ def test_search_is_recorded_once_in_mlflow(s3_search):
     assert {"arch.txt", "alpha.csv", "net.config", "result.json"} <= artifacts
 
 
-def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path):
+def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path, overrides):
     baseline = s3_search[0].search
-    cfg = load_config(TINY, OVERRIDES)
+    cfg = load_config(TINY, overrides)
     spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="killed", tracking_uri=f"sqlite:///{tmp_path}/m.db",
                    experiment="dist-kill", inject_failure_at_step=30, max_failures=2)
     res = run_distributed_search(cfg, spec)
@@ -151,7 +162,7 @@ def test_unreachable_storage_or_tracking_fail_before_training(s3_server, tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_server, tmp_path):
+def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_server, tmp_path, overrides):
     """Ray Train hands the workers the run's latest checkpoint; a payload planted there never runs."""
     from tests.test_safe_loading import _tampered
 
@@ -163,7 +174,7 @@ def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_s
     spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
                    experiment="dist-test", consistency_every=1, max_failures=0)
     with pytest.raises(RuntimeError, match="refused") as err:
-        run_distributed_search(load_config(TINY, OVERRIDES), spec)
+        run_distributed_search(load_config(TINY, overrides), spec)
     assert "\n" not in str(err.value)
     assert not sentinel.exists()
 
@@ -219,7 +230,8 @@ def _s3_json(s3, bucket: str, key: str) -> dict | None:
         return None
 
 
-def test_node_removed_mid_search_resumes_from_its_last_checkpoint(two_node_cluster, s3_search, s3_server, tmp_path):
+def test_node_removed_mid_search_resumes_from_its_last_checkpoint(two_node_cluster, s3_search, s3_server, tmp_path,
+                                                                 overrides):
     """A node with a worker on it is removed at step 30 of a search with checkpoints on S3; a new node joins; the
     search resumes from step 20, the last checkpoint, and ends on exactly the uninterrupted run's α."""
     import ray
@@ -229,7 +241,7 @@ def test_node_removed_mid_search_resumes_from_its_last_checkpoint(two_node_clust
     s3 = s3_server.client()
     spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="node-loss", experiment="dist-node",
                    tracking_uri=f"sqlite:///{tmp_path}/m.db", pause_at_steps=(30,), max_failures=2)
-    driver, box = _in_thread(run_distributed_search, load_config(TINY, OVERRIDES), spec)
+    driver, box = _in_thread(run_distributed_search, load_config(TINY, overrides), spec)
     paused = _wait_for(lambda: _s3_json(s3, bucket, "runs/node-loss/paused-30.json"), "the pause at step 30",
                        driver=driver)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
@@ -275,14 +287,15 @@ def test_diverged_rank_fails_the_run_loudly_and_is_not_retried(two_node_cluster,
     assert run.info.status == "FAILED" and "rank(s) [1]" in run.data.tags["nas.failure"]
 
 
-def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tmp_path):
+def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tmp_path, digits_jpegs):
     """The driver process is SIGKILLed while its search stands at step 30; the same command resumes from the
     checkpoint at step 20 and continues the same MLflow run, every curve point recorded once."""
     from mlflow import MlflowClient
 
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path}/m.db"
     cmd = [sys.executable, "-m", "tests.test_faults", "--name", "driver-kill", "--storage", str(storage),
-           "--tracking-uri", uri, "--experiment", "dist-driver", "--pause", "30"]
+           "--tracking-uri", uri, "--experiment", "dist-driver", "--pause", "30",
+           *(f"--set={o}" for o in data_overrides(digits_jpegs))]
     env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}
     with open(tmp_path / "first.log", "wb") as out:
         first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -180,10 +180,11 @@ def _drive(argv: list[str]) -> None:
     for opt in ("--name", "--storage", "--tracking-uri", "--experiment"):
         p.add_argument(opt, required=True)
     p.add_argument("--pause", type=int, action="append", default=[])
+    p.add_argument("--set", action="append", default=[], help="more config overrides (e.g. the data)")
     a = p.parse_args(argv)
     spec = RunSpec(num_workers=2, storage_path=a.storage, name=a.name, tracking_uri=a.tracking_uri,
                    experiment=a.experiment, pause_at_steps=tuple(a.pause))
-    res = run_distributed_search(load_config(TINY, DRIVER_OVERRIDES), spec)
+    res = run_distributed_search(load_config(TINY, (*DRIVER_OVERRIDES, *a.set)), spec)
     print(json.dumps({"run_id": res.run_id, "resumed_from_step": res.search["resumed_from_step"],
                       "arch": res.search["arch"], "alpha_fingerprint": res.search["alpha_fingerprint"]}))
 

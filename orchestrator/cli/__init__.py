@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError) as e:  # RuntimeError: a failed Ray run, said in one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"error: {msg}", err=True)
         if os.environ.get("NAS_DEBUG"):

@@ -53,7 +53,8 @@ def search(config_path: str, overrides: tuple[str, ...], out_dir: str, resume: b
                        name=name, max_failures=max_failures, tracking_uri=tracking_uri, experiment=experiment,
                        allow_autoscale=allow_autoscale)
         res = run_distributed_search(cfg, spec)
-        click.echo(f"arch: {res.search['arch']}  (derive: {res.search['derive']})")
+        click.echo(f"arch: {res.search['arch']}")
+        click.echo(f"derive: {res.search['derive']}")
         click.echo(f"latency: exact {res.search['exact_latency']:.4g} {res.search['unit']} "
                    f"(target {res.search['target']:.4g}, {res.search['hardware']})")
         if res.search.get("valid_accuracy") is not None:
@@ -74,7 +75,8 @@ def search(config_path: str, overrides: tuple[str, ...], out_dir: str, resume: b
     result = run_search(cfg, data, rt=rt, latency=latency, resume=saved, progress=not quiet,
                         checkpoint=lambda state: save_checkpoint(state, ckpt))
     atomic_write_bytes(out / "result.json", json.dumps(result.to_dict(), indent=1).encode())
-    click.echo(f"arch: {result.arch}  (derive: {result.derive})")
+    click.echo(f"arch: {result.arch}")
+    click.echo(f"derive: {result.derive}")
     click.echo(f"latency: exact {result.exact_latency:.4g} {result.unit}, expected {result.expected_latency:.4g}, "
                f"target {result.target:.4g} ({result.hardware})")
     if result.valid_accuracy is not None:

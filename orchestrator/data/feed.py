@@ -167,8 +167,11 @@ class Feed:
         workers = min(self.workers, max(0, self.batches_per_epoch - start))
         if workers == 0:
             return iter(ds)
+        # A generator of its own: the DataLoader would otherwise draw its workers' base seed from the process's
+        # global RNG, and a resumed run's later global draws (dropout) would differ from an uninterrupted one's.
+        gen = torch.Generator(device="cpu").manual_seed(_seed(self.seed, self.name, epoch, self.rank, start))
         return iter(DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=self.prefetch,
-                               pin_memory=self.pin_memory, persistent_workers=False,
+                               pin_memory=self.pin_memory, persistent_workers=False, generator=gen,
                                multiprocessing_context=self.mp_context))
 
     def stream(self, start: int = 0) -> Iterator[Batch]:

@@ -185,7 +185,7 @@ def run_search(
     end = warmup_steps(state) if warmup_only else state.total_steps
     train_it = train.stream(state.step)
     hold_it = None  # opened at the first architecture step: warm-up reads no held-out image
-    bar = progress_bar(progress, state.total_steps, state.step, "search")
+    bar = progress_bar(progress, end, state.step, "warm-up" if warmup_only else "search")
     clock = _Clock(state)
     while state.step < end:
         x, y = rt.batch(*next(train_it))
