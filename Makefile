@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) workloads/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
