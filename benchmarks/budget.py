@@ -1,7 +1,7 @@
 """Benchmark: the demo's sweep with ``derive: argmax`` (the paper's soft target) and with ``derive: budget`` (a hard
 budget), side by side.
 
-Both sweeps run the demo's grid (``configs/demo-sweep.yaml``: this CPU, measured, and ``flops`` x 3 targets, one
+Both sweeps run the demo's grid (``configs/demo-sweep.yaml``: this CPU, measured, and ``flops`` x 2 targets, one
 shared warm-up, every derived net measured on its hardware and retrained). For each derivation the benchmark
 counts the derived nets whose predicted and whose measured latency exceed their target, and reads the Pareto
 fronts' hypervolume per hardware from MLflow; both sweeps share the hypervolume's reference point, so they compare.

@@ -2,7 +2,7 @@
 
 Two figures, printed and written to ``benchmarks/out/sweep.json``:
 
-* ``demo``: wall time of the full demo (table build, 2 hardware x 3 targets, retrain, fronts) on this machine.
+* ``demo``: wall time of the full demo (table build, 2 hardware x 2 targets, retrain, fronts) on this machine.
 * ``warmup``: the demo's search grid (no retrain, so only the search differs) run twice: every trial forking
   from one shared warm-up, and every trial doing its own warm-up (``shared_warmup: false``). Cost is
   worker-seconds (Train workers x wall of their runs) and the sweeps' wall time.

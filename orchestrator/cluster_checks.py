@@ -3,7 +3,9 @@ storage that cannot be written, a cluster too small for the requested workers.""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from pathlib import Path
 
 
 def check_storage(uri: str) -> str:
@@ -12,15 +14,30 @@ def check_storage(uri: str) -> str:
 
     loc = resolve(uri)
     marker = loc.path(f".write-check-{uuid.uuid4().hex[:8]}")
+    created = None  # the topmost local folder this check creates: removed again, so a refused run leaves nothing
     try:
         if not loc.is_s3:
+            created = _first_missing(Path(loc.root))
             loc.fs.create_dir(loc.root, recursive=True)
         with loc.fs.open_output_stream(marker) as f:
             f.write(b"ok")
         loc.fs.delete_file(marker)
     except OSError as e:
         raise ValueError(f"storage path {uri} is not writable: {one_line(e)}") from None
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
     return loc.uri
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost missing folder on the way to ``path`` (None when it exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def check_worker_shape(num_workers: int, cpus_per_worker: float, workers_key: str = "num_workers") -> None:

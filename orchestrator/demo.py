@@ -1,7 +1,7 @@
 """`make demo`: the full story on the embedded digits, in a few minutes on 2 cores.
 
 1. Build this node's CPU latency table for digits-32 with the latency package (measured here, with provenance).
-2. Sweep hardware x target (this CPU, measured, and ``flops``) x 3 targets on Ray Tune: one shared warm-up, a Ray
+2. Sweep hardware x target (this CPU, measured, and ``flops``) x 2 targets on Ray Tune: one shared warm-up, a Ray
    Train search per trial, each derived net's latency measured on its hardware in a Ray task, the net retrained.
 3. Pareto fronts per hardware from the MLflow runs, plotted and logged to the sweep's parent run.
 4. Where to look: ``mlflow ui`` on the SQLite store, the plots, the ONNX files.

@@ -487,11 +487,11 @@ def run_distributed_search(cfg: SearchConfig, spec: RunSpec, callbacks: tuple = 
     tracking.check_tracking_uri(uri)
     storage = check_storage(spec.storage_path)
     name = spec.name or default_run_name(cfg)
-    check_existing_run(storage, name, cfg)
     space = cfg.search_space
     per_worker = per_worker_resources(spec.cpus_per_worker, spec.use_gpu)
     with ray_session():
         check_resources(spec.num_workers, per_worker, spec.allow_autoscale)
+        check_existing_run(storage, name, cfg)  # writes the run's meta: only once the run can start
         tags = {"nas.kind": "search", "nas.space": space.name, "nas.space_fingerprint": space.fingerprint(),
                 "nas.hardware": cfg.hardware, "nas.target": f"{cfg.target:g}", "nas.run_name": name,
                 "nas.storage": f"{storage}/{name}", "nas.data": data.where, **dict(spec.tags)}

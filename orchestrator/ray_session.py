@@ -21,6 +21,7 @@ RAY_NOISE = "|".join([
     r"world_rank=\d+, local_rank=\d+",
     r"To visualize your results with TensorBoard",
     r"Found multiple active Ray instances",  # another user's local Ray on the same machine
+    r"PYTHON worker processes have been started on node",  # the raylet's worker start-up notice
 ])
 
 
@@ -30,6 +31,9 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOISE)
     # Tune's CSV/JSON/TensorBoard result loggers: MLflow is the record; they only add hints and invalid-value warnings
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's new console reporter prints its experiment box and results path whatever the run's verbosity; the
+    # classic one honours verbose=0 (a sweep prints its own progress and summary)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,11 @@ REFERENCE = ROOT.parent / "shared" / "reference" / "proxylessnas"
 
 pytest_plugins = ["tests.servers"]
 
+# Ray Train's controller polls its workers every 2 s by default: a finished run, a failed worker and a registered
+# checkpoint are each seen up to 2 s late. The tests start some forty Train runs; they poll at 0.5 s (inherited by
+# every Ray cluster, driver and CLI the tests start). Runs outside the tests keep Ray's default.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:

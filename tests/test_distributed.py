@@ -142,6 +142,22 @@ def test_too_few_resources_is_refused_before_training(two_node_cluster, tmp_path
         run_distributed_search(cfg, spec)
 
 
+def test_gpu_on_a_cluster_without_gpus_is_refused_in_one_line(two_node_cluster, tmp_path):
+    """`--gpu` asks every worker for a GPU: on this CPU-only cluster, search, retrain and sweep refuse in one line
+    before anything starts or is written (unless `--allow-autoscale` says the cluster starts GPU nodes)."""
+    from tests.conftest import assert_one_line_error, run_nas
+
+    env = {"RAY_ADDRESS": two_node_cluster.address}
+    runs, db = tmp_path / "runs", tmp_path / "m.db"
+    where = ("--storage", str(runs), "--tracking-uri", f"sqlite:///{db}")
+    search = run_nas("search", "--config", str(TINY), "--workers", "2", "--gpu", *where, env=env)
+    assert_one_line_error(search, "cluster has 0 GPU in all, but 2 workers x 1 GPU need 2")
+    retrain = run_nas("retrain", "--arch", "tiny:k3e3.zero/k5e6.zero", "--config",
+                      str(ROOT / "configs" / "retrain-digits.yaml"), "--workers", "2", "--gpu", *where, env=env)
+    assert_one_line_error(retrain, "0 GPU in all")
+    assert not runs.exists() and not db.exists()
+
+
 def test_checkpoint_of_another_space_is_refused(tmp_path):
     check_existing_run(str(tmp_path), "run", load_config(TINY))
     check_existing_run(str(tmp_path), "run", load_config(TINY))  # the same search resumes

@@ -118,6 +118,7 @@ def _param_space(sweep: SweepConfig, points, ctx: dict) -> tuple[dict, int]:
 def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
     """A new Tuner, or the restored one when this sweep's Tune state exists (finished trials are kept)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from orchestrator.sweep.trial import sweep_trial
 
@@ -131,7 +132,10 @@ def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=sweep.max_concurrent_trials),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=loc.path(sweep.name), storage_filesystem=fs,
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                  # Tune's automatic loggers are off (quiet_ray_env: their TensorBoard hints and
+                                  # CSV warnings); each trial's result.json is kept, which Tune's result grid reads
+                                  callbacks=[JsonLoggerCallback()]),
     ), False
 
 
