@@ -52,6 +52,7 @@ class RunSpec:
     parent_run_id: str | None = None  # MLflow parent (a sweep's trial) to nest under
     tags: tuple[tuple[str, str], ...] = ()
     allow_autoscale: bool = False  # skip the up-front resource check on autoscaling clusters
+    progress: bool = True  # rank 0's progress bar on the driver's console (a sweep's trials draw none)
     inject_failure_at_step: int | None = None  # fault injection: rank 1 kills itself once at this step
     inject_divergence_at_step: int | None = None  # fault injection: rank 1 perturbs its α once at this step
     pause_at_steps: tuple[int, ...] = ()  # fault injection: every rank waits once at each step (see pause_once)
@@ -317,7 +318,8 @@ def train_loop_per_worker(config: dict) -> dict:
     try:
         result = run_search(cfg, rt=rt, on_step=on_step, after_step=after_step, checkpoint=checkpoint,
                             resume=resume, latency=resolve_latency(cfg), warm_start=warm,
-                            warmup_only=spec.warmup_only, progress=RankZeroBar if rank == 0 else False)
+                            warmup_only=spec.warmup_only,
+                            progress=RankZeroBar if rank == 0 and spec.progress else False)
     except RanksDiverged as e:
         log.error("rank %d: %s", rank, e)
         return {"diverged": str(e), "consistency_checks": checks}

@@ -34,6 +34,8 @@ def quiet_ray_env() -> None:
     # Tune's new console reporter prints its experiment box and results path whatever the run's verbosity; the
     # classic one honours verbose=0 (a sweep prints its own progress and summary)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow's INFO lines (creating a SQLite store's tables) are internal too; its warnings still show
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 @contextlib.contextmanager
@@ -55,6 +57,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     quiet = dict(logging_level=logging.ERROR,  # the driver's own Ray logger: e.g. the token-auth notice
                  logging_config=ray.LoggingConfig(log_level="WARNING"))  # workers: no INFO chatter of Ray Train
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)  # Ray's LoggingConfig reconfigures the driver's root logger
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -62,6 +66,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # without it the cleaner cannot tell whether a run's controller is alive.
         ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
                  include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    # ...and the command's own logging (progress lines, the demo's summary) stays as the command set it up
+    root.setLevel(level)
+    root.handlers[:] = handlers
     try:
         yield
     finally:

@@ -277,6 +277,7 @@ class RetrainSpec:
     parent_run_id: str | None = None  # the search run this net came from
     tags: tuple[tuple[str, str], ...] = ()
     allow_autoscale: bool = False
+    progress: bool = True  # rank 0's progress bar on the driver's console (a sweep's trials draw none)
 
     def __post_init__(self) -> None:
         from orchestrator.cluster_checks import check_worker_shape
@@ -311,7 +312,7 @@ def train_loop_per_worker(config: dict) -> dict:
         report_checkpoint(row, {CHECKPOINT_FILE: saved} if rt.rank == 0 else None)
 
     net, state = train_net(config["arch"], cfg, rt=rt, on_epoch=on_epoch, resume=resume,
-                           progress=RankZeroBar if rt.rank == 0 else False)
+                           progress=RankZeroBar if rt.rank == 0 and config.get("progress", True) else False)
     if sink is not None:
         sink.flush(force=True)
     # Train refuses tensors in a return value: the weights travel as torch.save bytes
@@ -376,7 +377,7 @@ def _fit_retrain(arch, a, space, splits, cfg, spec, uri, storage, name, callback
     result, wall = fit_tracked(
         "retrain", name, train_loop_per_worker,
         {"arch": arch, "retrain": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "use_gpu": spec.use_gpu,
-         "threads": max(1, int(spec.cpus_per_worker))},
+         "threads": max(1, int(spec.cpus_per_worker)), "progress": spec.progress},
         num_workers=spec.num_workers, use_gpu=spec.use_gpu,
         per_worker=per_worker_resources(spec.cpus_per_worker, spec.use_gpu), storage=storage,
         max_failures=spec.max_failures, keep=1, callbacks=callbacks, uri=uri, run_id=run_id)

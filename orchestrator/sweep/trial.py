@@ -56,7 +56,7 @@ def sweep_trial(config: dict) -> None:
     cfg = config_from_dict(ctx["search"]).replace(hardware=hw, target=target, seed=seed, latency_table=table)
     warm = ctx["warmups"].get(str(seed))  # None when every trial pays its own warm-up
     lineage = {"nas.sweep": ctx["name"], "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
-    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
                    allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/searches", name=f"search-{key}", tracking_uri=uri,
                    experiment=experiment, parent_run_id=parent, warm_start=warm["state_uri"] if warm else None,
                    tags=tuple({**lineage, "nas.warm_start": warm["state_uri"] if warm else "",
@@ -82,7 +82,7 @@ def sweep_trial(config: dict) -> None:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "search",
                 "nas.derive": res.search.get("derive", "argmax")}
-        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
                             allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
                             name=f"retrain-{key}", tracking_uri=uri,
                             experiment=experiment, parent_run_id=res.run_id, tags=tuple(tags.items()))
@@ -127,7 +127,7 @@ def front_points(ctx: dict, cfg, res, key: str, lineage: dict) -> int:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{d.budget:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "front",
                 "nas.front_budget": f"{d.budget:g}", "nas.derive": "budget"}
-        spec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"],
+        spec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
                            name=f"retrain-{key}-front-{d.budget:.4g}", tracking_uri=uri,
                            experiment=ctx["experiment"], parent_run_id=res.run_id, tags=tuple(tags.items()))
