@@ -236,7 +236,8 @@ class RankZeroBar:
     def close(self) -> None:
         self.bar.close()
         # The closing state is a line on this worker's stdout, which Ray forwards to the driver; Ray Train ends the
-        # worker soon after, so flush it now or the driver keeps redrawing a finished bar for the rest of a sweep.
+        # worker soon after, so do not leave it in the buffer. (Ray's driver can still keep drawing a finished bar:
+        # a sweep's trials draw none, see RunSpec.progress.)
         sys.stdout.flush()
 
 

@@ -32,7 +32,7 @@ def quiet_ray_env() -> None:
     # Tune's CSV/JSON/TensorBoard result loggers: MLflow is the record; they only add hints and invalid-value warnings
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Tune's new console reporter prints its experiment box and results path whatever the run's verbosity; the
-    # classic one honours verbose=0 (a sweep prints its own progress and summary)
+    # classic one honours verbose=0 (a sweep prints its own summary)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # MLflow's INFO lines (creating a SQLite store's tables) are internal too; its warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
