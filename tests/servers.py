@@ -457,3 +457,31 @@ def ray_cli_cluster():
     auth. Yields ``RayCliCluster`` (gcs_address, dashboard_url, temp_dir, env, run(...)). About 15 s to start."""
     with start_ray_cli_cluster() as cluster:
         yield cluster
+
+
+# ---- Ray: a local two-node cluster -----------------------------------------------------------------------------
+
+@contextmanager
+def local_two_node_cluster(env: dict[str, str]):
+    """A head and one more node (``ray.cluster_utils.Cluster``, one CPU each, so two Train workers land on
+    different nodes), with ``env`` (e.g. S3 credentials and endpoint) in the environment their raylets and workers
+    inherit; this process joins it. Stops both nodes and restores the environment afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

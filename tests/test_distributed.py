@@ -43,25 +43,10 @@ def overrides(digits_jpegs) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def two_node_cluster(s3_server):
     """Head and one more node, one CPU each, so that the two Train workers land on different nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
+    from tests.servers import local_two_node_cluster
 
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())  # raylets and workers inherit it, to reach the S3 server
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
+    with local_two_node_cluster(s3_server.env()) as cluster:  # raylets and workers reach the S3 server
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ reads the digits.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -92,25 +91,10 @@ def test_a_net_that_does_not_fit_the_data_is_refused_before_any_compute(folders,
 @pytest.fixture(scope="module")
 def two_nodes(s3_server):
     """Head and one more node, one CPU each, with the S3 server's environment (workers reach it)."""
-    import ray
-    from ray.cluster_utils import Cluster
+    from tests.servers import local_two_node_cluster
 
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
+    with local_two_node_cluster(s3_server.env()) as cluster:  # raylets and workers reach the S3 server
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.slow
