@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 # Ray's internal messages that carry nothing a user can act on. Worker output matching this never reaches the
@@ -38,6 +39,13 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
+def _free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Join ``address`` (or ``RAY_ADDRESS``, as inside a Ray job), else start a private local Ray whose node offers
@@ -64,8 +72,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     else:
         # The dashboard (loopback only) serves Ray's State API, which Ray Train's placement-group cleaner polls:
         # without it the cleaner cannot tell whether a run's controller is alive.
+        # A port of its own: on Ray's default 8265 it would fail to start beside another local Ray's dashboard, and
+        # the State API calls of this cluster would then reach that other cluster (which knows none of our actors).
         ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                 include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(), **quiet)
     # ...and the command's own logging (progress lines, the demo's summary) stays as the command set it up
     root.setLevel(level)
     root.handlers[:] = handlers

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
+from tests.servers import free_port
 from tests.test_data import make_tree
 
 pytestmark = pytest.mark.slow
@@ -55,8 +56,12 @@ def test_two_train_workers_see_each_image_once_per_epoch(tmp_path, s3_env):
 
     env = {**s3_env.env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # address="local": a private Ray, never a cluster another `ray start` on this machine left in
-    # /tmp/ray/ray_current_cluster (ray.init() with no address joins that one)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    # /tmp/ray/ray_current_cluster (ray.init() with no address joins that one). Its own dashboard on a free port:
+    # Ray Train's placement-group cleaner asks the State API whether the run's controller lives, and without a
+    # dashboard of its own that question reached another local cluster's (port 8265), which answered "dead", and
+    # the cleaner removed the run's workers (seen once, with a second test run beside this one)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=free_port(), runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         trainer = TorchTrainer(
             _worker, train_loop_config={"uris": uris, "endpoint": s3_env.url},
