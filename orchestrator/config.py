@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 
 T = TypeVar("T")
 
@@ -110,6 +109,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML (``0.1``, ``true``, ``[0, 0.9]``)."""
     out = _deepcopy(data)
     for item in overrides:
+        import yaml  # here: a config given as a dict needs no PyYAML (test_torch_only)
+
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value, e.g. arch.lr=0.01")
         key, raw = item.split("=", 1)
@@ -135,6 +136,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content (an empty file is ``{}``); ``ValueError`` naming the file when it is not YAML."""
+    import yaml
+
     path = Path(path)
     try:
         return yaml.safe_load(path.read_text()) or {}

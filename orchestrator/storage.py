@@ -14,7 +14,10 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a filesystem is made: the one-process core runs without pyarrow
+    import pyarrow.fs as pafs
 
 _AUTH_MARKERS = ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP status 403",
                  "AccessDenied", "Forbidden", "INVALID_ACCESS_KEY", "UNRECOGNIZED_CLIENT", "security token")
@@ -48,6 +51,8 @@ def endpoint_from_env() -> str | None:
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem for AWS or for an S3-compatible ``endpoint`` (``http://host:port`` or ``host:port``)."""
+    import pyarrow.fs as pafs
+
     endpoint = endpoint or endpoint_from_env()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     kw: dict = {"connect_timeout": 10, "request_timeout": 60,
@@ -64,6 +69,8 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
 
 def resolve(uri: str, endpoint: str | None = None) -> Location:
     """Turn ``uri`` (local path, ``file://``, ``s3://bucket/prefix`` or another pyarrow URI) into a ``Location``."""
+    import pyarrow.fs as pafs
+
     if not uri:
         raise ValueError("empty dataset URI")
     if uri.startswith("s3://"):
@@ -98,6 +105,8 @@ def storage_error(e: BaseException, what: str) -> OSError:
 
 
 def exists(loc: Location, rel: str) -> bool:
+    import pyarrow.fs as pafs
+
     try:
         return loc.fs.get_file_info(loc.path(rel)).type != pafs.FileType.NotFound
     except OSError as e:

@@ -24,9 +24,9 @@ from typing import Iterator, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
+from orchestrator.data.folder import SourceTree, scan_imagefolder
 from orchestrator.data.manifest import INDEX_SCHEMA, MANIFEST, SHARD_SCHEMA, Manifest, ShardInfo, load_manifest
 from orchestrator.storage import (Location, exists, one_line, publish_bytes, remove_quietly, resolve,
                                        storage_error, write_bytes)
@@ -36,15 +36,6 @@ log = logging.getLogger(__name__)
 
 OnCorrupt = Literal["skip", "fail"]
 MARKER = "_INCOMPLETE"  # sits in a run's prefix until it is published, for whoever lists the bucket meanwhile
-
-
-@dataclass(frozen=True)
-class SourceTree:
-    """An ImageFolder tree, in torchvision's order (sorted classes, sorted files): position = image id."""
-
-    root: str
-    classes: tuple[str, ...]
-    samples: tuple[tuple[str, int], ...]  # (absolute path, class index)
 
 
 @dataclass(frozen=True)
@@ -76,25 +67,6 @@ class _Image:
     path: str  # relative to the source root
     data: bytes | None  # None when corrupt
     error: str | None = None
-
-
-def scan_imagefolder(root: str | os.PathLike) -> SourceTree:
-    """List an ImageFolder tree; refuse a missing tree, one without class folders, or an empty class folder."""
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: ImageFolder directory not found")
-    try:
-        classes, class_to_idx = find_classes(root)
-    except FileNotFoundError:
-        raise ValueError(f"{root}: no class folders (expected ROOT/<class>/<image>)") from None
-    samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    counts = np.bincount([c for _, c in samples], minlength=len(classes))
-    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
-        raise ValueError(f"{os.path.join(root, empty[0])}: empty class folder{more} "
-                         f"(no files ending in {', '.join(IMG_EXTENSIONS)})")
-    return SourceTree(root, tuple(classes), tuple(samples))
 
 
 def _reason(e: BaseException) -> str:

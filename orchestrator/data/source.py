@@ -155,7 +155,7 @@ def open_splits(spec: DataSpec, resolution: int, num_classes: int | None = None,
         train, holdout, valid = part(tr), part(ho), part(va)
         classes, where = tuple(str(i) for i in range(10)), "digits"
     elif spec.kind == "imagefolder":
-        from orchestrator.data.prepare import scan_imagefolder
+        from orchestrator.data.folder import scan_imagefolder
 
         tree = scan_imagefolder(spec.uri.removeprefix("file://"))
         _check_classes(len(tree.classes), num_classes, tree.root, what)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import yaml
 
 from orchestrator import storage
 from orchestrator.latency.hardware import HardwareProfile
@@ -73,6 +72,8 @@ def _entry(raw: dict, key: str, where: str) -> tuple[float, float, int]:
 
 
 def parse_yaml(text: str, where: str) -> dict:
+    import yaml  # not at the top: the one-process core imports without PyYAML
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

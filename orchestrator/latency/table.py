@@ -14,14 +14,16 @@ import json
 import logging
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from functools import cache
+from typing import TYPE_CHECKING
 
 from orchestrator.arch import Arch, Op
 from orchestrator import storage
 from orchestrator.latency.model import LatencyModel
 from orchestrator.spaces import SearchSpace, get_space
+
+if TYPE_CHECKING:  # pyarrow is imported where a table is read or written: the one-process core runs without it
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,15 @@ class Provenance:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-_SCHEMA = pa.schema(
-    [("key", pa.string())]
-    + [(f.name, {"count": pa.int64(), "source_key": pa.string()}.get(f.name, pa.float64()))
-       for f in fields(EntryStats)]
-)
+@cache
+def _schema() -> "pa.Schema":
+    import pyarrow as pa
+
+    return pa.schema(
+        [("key", pa.string())]
+        + [(f.name, {"count": pa.int64(), "source_key": pa.string()}.get(f.name, pa.float64()))
+           for f in fields(EntryStats)]
+    )
 
 
 @dataclass(frozen=True)
@@ -243,15 +249,20 @@ class LatencyTable:
 
     # ---- Parquet ----------------------------------------------------------------------------------------------
     def to_arrow(self) -> pa.Table:
-        rows = {name: [] for name in _SCHEMA.names}
+        import pyarrow as pa
+
+        schema = _schema()
+        rows = {name: [] for name in schema.names}
         for key, stats in self.entries.items():
             rows["key"].append(key)
             for f in fields(EntryStats):
                 rows[f.name].append(getattr(stats, f.name))
         meta = {META_KEY: json.dumps(asdict(self.provenance), sort_keys=True).encode()}
-        return pa.Table.from_pydict(rows, schema=_SCHEMA.with_metadata(meta))
+        return pa.Table.from_pydict(rows, schema=schema.with_metadata(meta))
 
     def to_parquet(self) -> bytes:
+        import pyarrow.parquet as pq
+
         sink = io.BytesIO()
         pq.write_table(self.to_arrow(), sink)
         return sink.getvalue()
@@ -281,6 +292,9 @@ class LatencyTable:
 
     @classmethod
     def from_parquet(cls, data: bytes, where: str = "table") -> "LatencyTable":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             table = pq.read_table(pa.py_buffer(data))
         except (pa.ArrowException, OSError) as e:

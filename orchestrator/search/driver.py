@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from orchestrator.data.feed import Feed
 from orchestrator.data.source import Splits, open_splits
@@ -97,12 +96,29 @@ def local_batch(global_batch: int, world: int, key: str) -> int:
     return global_batch // world
 
 
+class _NoBar:
+    """What ``progress=False`` draws: nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def progress_bar(progress: bool | Callable[..., Any], total: int, done: int, desc: str) -> Any:
     """A tqdm bar (``progress=True``), none (``False``), or one built by ``progress(total, done, desc)`` (a Ray
     Train worker shows its bar on the driver's console that way)."""
     if callable(progress):
         return progress(total, done, desc)
-    return tqdm(total=total, initial=done, disable=not progress, desc=desc, unit="step")
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm  # here, not at the top: a quiet one-process run needs no tqdm (test_torch_only)
+
+    return tqdm(total=total, initial=done, desc=desc, unit="step")
 
 
 def search_feeds(cfg: SearchConfig, data: Splits, rank: int = 0, world: int = 1,
