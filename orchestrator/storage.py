@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
-from urllib.parse import urlparse
-
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # imported where a filesystem is made: the one-process core runs without pyarrow
     import pyarrow.fs as pafs

@@ -10,7 +10,8 @@ from orchestrator.search import load_config, open_data, run_search
 from tests.conftest import ROOT
 
 
-def _imagefolder(root, classes: int, per_class: int) -> None:
+def write_imagefolder(root, classes: int, per_class: int) -> None:
+    """``classes`` folders of ``per_class`` 24 px JPEG files each, in ImageNet's layout."""
     rng = np.random.default_rng(0)
     for c in range(classes):
         d = root / f"n{c:08d}"
@@ -22,7 +23,7 @@ def _imagefolder(root, classes: int, per_class: int) -> None:
 
 
 def test_search_on_an_imagefolder(tmp_path):
-    _imagefolder(tmp_path / "train", classes=10, per_class=8)
+    write_imagefolder(tmp_path / "train", classes=10, per_class=8)
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         "data.kind=imagefolder", f"data.uri={tmp_path / 'train'}", "data.holdout_per_class=2",
         "data.valid_fraction=0.25", "epochs=2", "warmup_epochs=1", "weight.batch_size=8", "arch.batch_size=8"])
@@ -36,7 +37,7 @@ def test_search_on_an_imagefolder(tmp_path):
 
 
 def test_imagefolder_with_the_wrong_number_of_classes_is_refused(tmp_path):
-    _imagefolder(tmp_path / "train", classes=3, per_class=6)
+    write_imagefolder(tmp_path / "train", classes=3, per_class=6)
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.kind=imagefolder", f"data.uri={tmp_path / 'train'}",
                                                          "data.holdout_per_class=1"])
     with pytest.raises(ValueError, match="has 3 classes, but space 'tiny' expects 10"):

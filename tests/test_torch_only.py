@@ -12,11 +12,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import yaml
-from PIL import Image
 
 from tests.conftest import ROOT
+from tests.test_search_imagefolder import write_imagefolder
 
 HIDDEN = ("pyarrow", "boto3", "botocore", "yaml", "tqdm", "click", "sklearn", "mlflow", "ray", "pandas", "scipy",
           "moto")  # not onnx: the retrained net's ONNX export needs it (torch.onnx does), as on the lent GPU machine
@@ -68,18 +67,8 @@ print(json.dumps({"arch": first.arch, "steps": first.steps, "resumed_arch": agai
 """
 
 
-def _imagefolder(root, classes: int, per_class: int) -> None:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        d = root / f"n{c:08d}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(20 * c + 30, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(d / f"img{i}.JPEG", quality=90)
-
-
 def test_one_process_search_resume_and_retrain_need_only_torch(tmp_path):
-    _imagefolder(tmp_path / "train", classes=10, per_class=8)
+    write_imagefolder(tmp_path / "train", classes=10, per_class=8)
     data = {"kind": "imagefolder", "uri": str(tmp_path / "train"), "holdout_per_class": 2, "valid_fraction": 0.25}
     search = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     search.update(epochs=2, warmup_epochs=1, data={**search.get("data", {}), **data})
