@@ -245,13 +245,27 @@ def restored_state(file: str, what: str) -> dict | None:
     """The state in this run's latest reported checkpoint (``weights_only``), or None on a fresh start."""
     import ray.train
 
-    from orchestrator.state_io import load_state
-
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return load_state(Path(d) / file, what)
+    return None if ckpt is None else checkpoint_file_state(ckpt, file, what)
+
+
+def checkpoint_file_state(ckpt: Any, file: str, what: str) -> dict:
+    """Load one file of a Ray ``Checkpoint`` straight from its filesystem (local or S3) into memory.
+
+    Not through ``Checkpoint.as_directory()``: the ranks of a node share its temporary folder, and a rank that
+    arrives after another rank's download has finished downloads again into the same files while that rank may
+    still be reading them (``ray/train/_checkpoint.py``, ``to_directory``, Ray 2.60). A worker group restarted
+    after a node loss read such a half-rewritten ``search_state.pt`` and was refused as corrupt."""
+    from orchestrator.state_io import load_state
+    from orchestrator.storage import storage_error
+
+    path = f"{ckpt.path.rstrip('/')}/{file}"
+    try:
+        with ckpt.filesystem.open_input_stream(path) as f:
+            data = f.read()
+    except OSError as e:
+        raise storage_error(e, f"{what} {path}") from None
+    return load_state(data, what, name=path)
 
 
 def train_loop_per_worker(config: dict) -> dict:
