@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 T = TypeVar("T")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-
 from orchestrator import storage
 from orchestrator.latency.hardware import HardwareProfile
 from orchestrator.latency.table import (
