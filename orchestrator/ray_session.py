@@ -39,8 +39,8 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def _free_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (the usual small race applies)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -75,7 +75,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # A port of its own: on Ray's default 8265 it would fail to start beside another local Ray's dashboard, and
         # the State API calls of this cluster would then reach that other cluster (which knows none of our actors).
         ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(), **quiet)
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(), **quiet)
     # ...and the command's own logging (progress lines, the demo's summary) stays as the command set it up
     root.setLevel(level)
     root.handlers[:] = handlers

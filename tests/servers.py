@@ -107,14 +107,9 @@ import urllib.request  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from orchestrator.ray_session import free_port  # noqa: E402  (one helper for the library and the tests)
+
 VENV_BIN = Path(sys.executable).parent  # `mlflow`, `ray` and `python` of the interpreter running the tests
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
