@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,runtimes]'
 	@# pip compiles the bytecode of ~22k files on one core; compileall uses both (-j 0): about 35 s less set-up here.
 	@# A few shipped files do not compile on this Python (torch has one written for 3.12); they are skipped, so the
 	@# status is ignored.

@@ -75,7 +75,7 @@ def main() -> None:
     space = get_space("proxyless-imagenet")
     rows = []
     for hw in ("pixel1", "flops"):
-        model = latency_model(hw, space)
+        model = latency_model(hw, space, runtime="litert" if hw == "pixel1" else "torch")
         lo, hi = model.bounds()
         budgets = list(np.linspace(lo + 0.02 * (hi - lo), hi, 10))
         B, C = np.shape(model.costs)

@@ -158,7 +158,7 @@ def test_derive_is_fast_on_the_imagenet_space():
     """21 blocks x 7 candidates with the official Pixel-1 table: milliseconds, well within a CLI call."""
     import time
 
-    model = latency_model("pixel1", get_space("proxyless-imagenet"))
+    model = latency_model("pixel1", get_space("proxyless-imagenet"), runtime="litert")
     lp = _random_log_probs(model, 0)
     lo, hi = model.bounds()
     budgets = list(np.linspace(lo, hi, 10))

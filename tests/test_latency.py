@@ -103,7 +103,7 @@ def test_imported_official_table_reproduces_hand_sums(reference_dir):
     for arch in archs:
         ops = [None if op.is_zero else (op.kernel, op.expand) for op in arch.ops]
         assert model.exact(arch) == pytest.approx(_hand_sum(raw, ops), rel=1e-12), arch.encode()
-    assert latency_model("pixel1", space).exact(archs[2]) == pytest.approx(model.exact(archs[2]))
+    assert latency_model("pixel1", space, runtime="litert").exact(archs[2]) == pytest.approx(model.exact(archs[2]))
     assert model.bounds()[0] < model.exact(archs[2]) < model.bounds()[1]
 
 
@@ -166,7 +166,7 @@ def test_cli_import_to_s3_and_predict(s3_env, reference_dir, capsys):
              "--hardware", "pixel1", "--out", uri], capsys)
     arch = PROXYLESS_IMAGENET.largest_arch()
     rc, out, _ = run_cli(["latency", "predict", "--table", uri, arch.encode()], capsys)
-    expected = latency_model("pixel1", PROXYLESS_IMAGENET, table=uri).exact(arch)
+    expected = latency_model("pixel1", PROXYLESS_IMAGENET, table=uri, runtime="litert").exact(arch)
     assert rc == 0 and out.strip() == f"{expected:.3f} ms"
 
 
@@ -248,8 +248,8 @@ def test_k_class_variant_reuses_the_body_table_with_its_own_head(calibrated_tiny
     assert latency_model("cpu-test", variant, table=uri).exact(arch) == pytest.approx(own.exact(arch))
     # the official Pixel-1 table prices a 100-class ImageNet variant with its logits scaled to 100 classes
     yaml_path = str(reference_dir / "mobile_trim.yaml")
-    full = latency_model("pixel1", PROXYLESS_IMAGENET, table=yaml_path)
-    c100 = latency_model("pixel1", get_space("proxyless-imagenet[c100]"), table=yaml_path)
+    full = latency_model("pixel1", PROXYLESS_IMAGENET, table=yaml_path, runtime="litert")
+    c100 = latency_model("pixel1", get_space("proxyless-imagenet[c100]"), table=yaml_path, runtime="litert")
     raw = yaml.safe_load((reference_dir / "mobile_trim.yaml").read_text())
     logits = raw["Logits-input:7x7x1280-output:1000"]["mean"]
     assert c100.fixed == pytest.approx(full.fixed - logits * 0.9) and c100.costs == full.costs

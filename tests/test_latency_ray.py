@@ -50,3 +50,21 @@ def test_build_for_absent_hardware_is_refused(two_nodes):
     cfg = MeasureConfig(warmup=1, repeats=3, min_repeat_ms=0.0)
     with pytest.raises(ValueError, match="no node in the Ray cluster offers hardware 'cpu-nowhere'"):
         build_table(TINY, HardwareProfile("cpu-nowhere", "cpu"), cfg, use_ray=True, calibration=None)
+
+
+def test_runtime_build_and_measurement_run_on_node_with_the_hardware(two_nodes, tmp_path):
+    """A build in ONNX Runtime exports and times its whole networks on the labelled node; a derived net measured
+    against that table is timed there in ONNX Runtime too (``latency_source: measured``)."""
+    from orchestrator.sweep.measure import measure_latency
+
+    profile, worker_id = two_nodes
+    cfg = MeasureConfig(min_rounds=4, max_rounds=4, runtime="onnxruntime", warmup=1)
+    cal = CalibrationConfig(networks=6, group_size=5, validate=3)
+    table = build_table(TINY, profile, cfg, use_ray=True, calibration=cal)
+    p = table.provenance
+    assert (p.node_id, p.runtime, p.calibration["rounds"]) == (worker_id, "onnxruntime", [4, 4])
+    uri = table.save(str(tmp_path / "t.parquet"))
+    arch = p.validation["archs"][0]
+    lat = measure_latency(arch, profile.name, uri, rounds=4, runtime="onnxruntime")
+    assert (lat.source, lat.runtime, lat.node["node_id"]) == ("measured", "onnxruntime", worker_id)
+    assert lat.node["runtime_version"] == p.runtime_version and lat.value > 0

@@ -60,12 +60,14 @@ def export(arch_or_file: str, fmt: str, out: str) -> None:
 @click.option("--hardware", default=None, help="Price with this hardware profile instead of the search's own.")
 @click.option("--table", default=None, metavar="URI",
               help="Latency table for --hardware (a measured profile needs one); alone, its own hardware is used.")
+@click.option("--runtime", default=None,
+              help="The runtime --hardware runs the net in [default: torch; the search's own without --hardware].")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI for a run id (default: $MLFLOW_TRACKING_URI, "
               "else sqlite:///mlflow.db here).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: one object for --target, a list of objects (in the order given) for --targets.")
 def derive(source: str, target: float | None, targets: str | None, hardware: str | None, table: str | None,
-           tracking_uri: str | None, as_json: bool) -> None:
+           runtime: str | None, tracking_uri: str | None, as_json: bool) -> None:
     """The most probable architecture under a search's α whose predicted latency is at most the budget (exact
     dynamic programme over blocks); with --targets, one net per budget from the same search."""
     from orchestrator.cli import UserError
@@ -83,7 +85,7 @@ def derive(source: str, target: float | None, targets: str | None, hardware: str
         budgets = [target]
     record, where = _load_search(source, tracking_uri)
     space = _space_of(record, where)
-    model = _derive_latency_model(record, space, hardware, table, where)
+    model = _derive_latency_model(record, space, hardware, table, runtime, where)
     try:
         log_probs = log_probs_from_alpha(record["alpha"], model)
     except ValueError as e:
@@ -193,19 +195,25 @@ def _space_of(record: dict, where: str):
     return space
 
 
-def _derive_latency_model(record: dict, space, hardware: str | None, table: str | None, where: str):
-    """The search's own latency model, or the one ``--hardware``/``--table`` name, for the search's space."""
-    from orchestrator.latency.profiles import latency_model, load_table
+def _derive_latency_model(record: dict, space, hardware: str | None, table: str | None, runtime: str | None,
+                          where: str):
+    """The search's own latency model, or the one ``--hardware``/``--table``/``--runtime`` name, for the search's
+    space; a table of another hardware or runtime than named is refused."""
+    from orchestrator.latency.profiles import DEFAULT_RUNTIME, latency_model, load_table
 
-    if hardware is None and table is None:
+    if hardware is None and table is None and runtime is None:
         cfg = record["config"]
         try:
-            return latency_model(str(cfg.get("hardware")), space, cfg.get("latency_table"))
+            return latency_model(str(cfg.get("hardware")), space, cfg.get("latency_table"),
+                                 str(cfg.get("runtime", DEFAULT_RUNTIME)))
         except (ValueError, OSError) as e:
             raise ValueError(f"{where}: its latency model (hardware {cfg.get('hardware')!r}): {e}") from None
     try:
-        if hardware is None:
-            hardware = load_table(table).provenance.hardware
-        return latency_model(hardware, space, table)
+        if hardware is None and table is not None:  # the table alone: its own hardware (and runtime, unless named)
+            own = load_table(table).provenance
+            hardware, runtime = own.hardware, runtime or own.runtime
+        elif hardware is None:  # --runtime alone: the search's own hardware and table, priced in that runtime
+            hardware, table = str(record["config"].get("hardware")), record["config"].get("latency_table")
+        return latency_model(hardware, space, table, runtime or DEFAULT_RUNTIME)
     except (ValueError, OSError) as e:
-        raise ValueError(f"--hardware/--table: {e}") from None
+        raise ValueError(f"--hardware/--table/--runtime: {e}") from None

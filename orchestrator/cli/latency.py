@@ -7,8 +7,11 @@ import json
 import click
 
 from orchestrator.cli import app
+from orchestrator.latency.kit_runner import DEFAULT_CALIBRATION, DEFAULT_VALIDATION, KIT_FORMATS, RUNTIMES
 
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+KIT_RUNTIMES = RUNTIMES
+RUNTIME_CHOICES = ("torch", *RUNTIMES)
 
 
 @app.group()
@@ -70,6 +73,12 @@ def _out_for(out: str, hardware: str, several: bool) -> str:
               help="Time each plain entry alone, or where it runs inside a whole network [default: in-network].")
 @click.option("--min-rounds", type=int, default=None, help="Whole networks: least round-robin rounds [default: 20].")
 @click.option("--max-rounds", type=int, default=None, help="Whole networks: most rounds [default: 80].")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
+              help="What runs the networks: torch (eager, entries timed part by part) or a deployment runtime "
+                   "(whole networks exported and timed in it, entries fitted from them).")
+@click.option("--provider", default=None,
+              help="ONNX Runtime execution provider or OpenVINO device [default: the runtime's CPU one; "
+                   "CUDAExecutionProvider / GPU on cuda].")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: from the hardware's kind).")
 @click.option("--resolution", type=int, default=None,
               help="Input side (default: the space's; else the table is for the variant SPACE[r<side>]).")
@@ -80,9 +89,9 @@ def _out_for(out: str, hardware: str, several: bool) -> str:
 def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n: int, seed: int,
           validation_seed: int, group_size: int, batch_size: int, threads: int | None, dtype: str,
           warmup: int | None, repeats: int | None, min_repeat_ms: float | None, statistic: str | None,
-          clock: str | None, method: str | None, min_rounds: int | None, max_rounds: int | None,
-          device: str | None, resolution: int | None, local: bool, address: str | None, endpoint: str | None,
-          out: str) -> None:
+          clock: str | None, method: str | None, min_rounds: int | None, max_rounds: int | None, runtime: str,
+          provider: str | None, device: str | None, resolution: int | None, local: bool, address: str | None,
+          endpoint: str | None, out: str) -> None:
     """Measure every (block, candidate) of a space, plus stem and head, on each named hardware; calibrate the
     entries on whole networks there and validate them on held-out ones."""
     import contextlib
@@ -98,7 +107,14 @@ def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n:
                                     validation_seed=validation_seed)
     settings = dict(batch_size=batch_size, threads=threads, dtype=dtype, warmup=warmup, repeats=repeats,
                     min_repeat_ms=min_repeat_ms, resolution=resolution, statistic=statistic, clock=clock,
-                    method=method, min_rounds=min_rounds, max_rounds=max_rounds)
+                    method=method, min_rounds=min_rounds, max_rounds=max_rounds, runtime=runtime, provider=provider)
+    if runtime != "torch":
+        from orchestrator.latency.kit_runner import runtime_version
+
+        runtime_version(runtime)  # refuse a runtime this machine lacks before starting anything
+        if dtype != "float32" or method or statistic or repeats is not None:
+            raise ValueError(f"--runtime {runtime} times whole float32 networks: --dtype, --method, --statistic "
+                             f"and --repeats apply to torch only")
     with contextlib.nullcontext() if local else ray_session(address):
         profiles = _profiles(hardware, device or "cpu", not local)
         uris = [_out_for(out, p.name, len(profiles) > 1) for p in profiles]
@@ -107,28 +123,90 @@ def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n:
     for table, uri in zip(tables, uris):
         table.to_model()
         table.save(uri, endpoint)
-        click.echo(f"{uri}: {table.provenance.hardware} ({len(table.entries)} entries)")
-        if table.provenance.validation:
-            click.echo(f"  {describe(table.provenance.validation)}")
+        p = table.provenance
+        click.echo(f"{uri}: {p.hardware} in {p.runtime} ({len(table.entries)} entries)")
+        if p.validation:
+            click.echo(f"  {describe(p.validation)}")
+
+
+@latency.command("kit")
+@click.option("--space", "space_name", required=True, help="Search space name, e.g. proxyless-imagenet.")
+@click.option("--format", "fmt", type=click.Choice(KIT_FORMATS), required=True,
+              help="onnx (ONNX Runtime, OpenVINO, TensorRT) or tflite (LiteRT, TFLite's benchmark_model).")
+@click.option("--networks", type=int, default=DEFAULT_CALIBRATION, show_default=True,
+              help="Calibration networks (at most 100).")
+@click.option("--validate", "validate_n", type=int, default=DEFAULT_VALIDATION, show_default=True,
+              help="Held-out networks (a kit holds at most 130 networks).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Calibration networks' seed.")
+@click.option("--validation-seed", type=int, default=1, show_default=True, help="Held-out networks' seed.")
+@click.option("--out", "out", required=True, help="New folder for the kit.")
+def kit(space_name: str, fmt: str, networks: int, validate_n: int, seed: int, validation_seed: int,
+        out: str) -> None:
+    """Write a latency kit: whole networks of a space to measure on a device that is not a cluster node."""
+    from tqdm import tqdm
+
+    from orchestrator.latency.kit import write_kit
+    from orchestrator.spaces import get_space
+
+    space = get_space(space_name)
+    with tqdm(total=networks + validate_n, desc=f"kit {space.name} ({fmt})", unit="net", disable=None) as bar:
+        manifest = write_kit(space, fmt, out, networks, validate_n, seed, validation_seed, bar.update)
+    click.echo(f"{out}: kit {manifest['fingerprint']}, {networks} calibration + {validate_n} held-out networks "
+               f"({fmt}); measure with: python {out}/run_kit.py --runtime RUNTIME")
 
 
 @latency.command("import")
-@click.argument("file")
-@click.option("--format", "fmt", type=click.Choice(["proxyless-yaml"]), required=True)
-@click.option("--hardware", default="pixel1", show_default=True, help="Profile name the table is known by.")
-@click.option("--space", "space_name", default="proxyless-imagenet", show_default=True)
+@click.argument("file", required=False)
+@click.option("--format", "fmt", type=click.Choice(["proxyless-yaml"]), default=None,
+              help="FILE's format (the official ProxylessNAS table).")
+@click.option("--kit", "kit_dir", default=None, help="A kit folder (nas latency kit) whose --results to import.")
+@click.option("--results", default=None, help="The kit's results CSV (columns file,ms; more allowed).")
+@click.option("--runtime", type=click.Choice(KIT_RUNTIMES), default=None,
+              help="The runtime that measured the kit [default: the results' runtime column].")
+@click.option("--hardware", default=None,
+              help="The name the table is known by: pixel1 for the official table; a kit device's own name "
+                   "(e.g. pixel7-litert) for a kit.")
+@click.option("--space", "space_name", default="proxyless-imagenet", show_default=True,
+              help="The official table's space.")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
 @click.option("--out", "out", required=True, help="Table URI: a path or s3://bucket/key.")
-def import_(file: str, fmt: str, hardware: str, space_name: str, endpoint: str | None, out: str) -> None:
-    """Convert an official latency table FILE into this project's Parquet table."""
-    from orchestrator.latency.official import import_proxyless_yaml
+def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str | None, runtime: str | None,
+            hardware: str | None, space_name: str, endpoint: str | None, out: str) -> None:
+    """Convert an official latency table FILE, or fit a kit device's table from its measured --kit --results."""
     from orchestrator.spaces import get_space
 
+    if kit_dir is not None:
+        if file is not None or fmt is not None:
+            raise ValueError("give either FILE --format proxyless-yaml or --kit with --results, not both")
+        if results is None or hardware is None:
+            raise ValueError("--kit needs --results FILE and --hardware NAME")
+        from orchestrator.latency.kit import below_goal, import_kit
+        from orchestrator.latency.runner import describe
+
+        table = import_kit(kit_dir, results, hardware, runtime, endpoint=endpoint)
+        table.to_model()
+        warning = below_goal(table)
+        table.save(out, endpoint)
+        p = table.provenance
+        click.echo(f"{out}: {p.hardware} in {p.runtime} ({len(table.entries)} entries, fitted on "
+                   f"{p.calibration['networks']} networks)")
+        if p.validation:
+            click.echo(f"  {describe(p.validation)}")
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        return
+    if file is None or fmt is None:
+        raise ValueError("give FILE --format proxyless-yaml, or --kit DIR --results FILE --hardware NAME")
+    if results is not None or runtime is not None:
+        raise ValueError("--results and --runtime belong to a kit import (--kit)")
+    from orchestrator.latency.official import OFFICIAL_HARDWARE, import_proxyless_yaml
+
+    hardware = hardware or OFFICIAL_HARDWARE
     space = get_space(space_name)
     table = import_proxyless_yaml(file, hardware, space, endpoint)
     table.to_model(space)
     table.save(out, endpoint)
-    click.echo(f"{out}: {hardware} ({len(table.entries)} entries)")
+    click.echo(f"{out}: {hardware} in {table.provenance.runtime} ({len(table.entries)} entries)")
 
 
 @latency.command("predict")
@@ -150,6 +228,7 @@ def predict(table_uri: str, arch: str, as_json: bool, plain: bool, endpoint: str
     ms = table.predict(a, plain=plain)
     if as_json:
         click.echo(json.dumps({"arch": a.encode(), "hardware": table.provenance.hardware, "latency_ms": ms,
+                               "runtime": table.provenance.runtime,
                                "table": table_uri, "calibrated": bool(table.provenance.calibration
                                                                       and table.provenance.calibration.get("networks"))
                                and not plain}))

@@ -248,9 +248,10 @@ def validation_metrics(provenance: Mapping) -> dict[str, float]:
     cal = provenance.get("calibration") or {}
     if not v:
         return {}
+    floor = v.get("noise_floor") or {}  # a kit's results may not repeat any file: no noise floor, no drift
     out = {"latency_model_within_10pct": v["within_10pct"], "latency_model_spearman": v["spearman"],
-           "latency_model_mape": v["mape"], "latency_model_noise_floor": v["noise_floor"]["median_gap"],
-           "latency_model_samples": v["samples"], "latency_model_drift": v["drift"],
+           "latency_model_mape": v["mape"], "latency_model_noise_floor": floor.get("median_gap"),
+           "latency_model_samples": v["samples"], "latency_model_drift": v.get("drift"),
            "latency_plain_within_10pct": v["plain"]["within_10pct"], "latency_plain_spearman": v["plain"]["spearman"],
            "latency_calibration_networks": cal.get("networks", 0)}
-    return {k: float(x) for k, x in out.items()}
+    return {k: float(x) for k, x in out.items() if x is not None}

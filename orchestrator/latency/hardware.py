@@ -3,6 +3,8 @@
 A measured profile is named after its device (``cpu-amd-epyc``, ``cuda-nvidia-h100-80gb-hbm3``) and a node
 offers it as the Ray custom resource ``hw:<name>``; table builds and validations request that resource, so
 they run where the hardware is. ``flops`` (analytic) and ``pixel1`` (the official imported table) need no node.
+Any other name (``pixel7-litert``, ``jetson-orin-trt``) is a kit device: a device that is no cluster node,
+whose table is fitted from a latency kit it measured (``latency.kit``); its latency is only ever predicted.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ RESOURCE_PREFIX = "hw:"
 ANALYTIC = ("flops",)
 IMPORTED = ("pixel1",)
 MEASURED_KINDS = ("cpu", "cuda")
+DEVICE = "device"  # a kit device: measured by its user with a latency kit, never a cluster node
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """A named latency target; ``kind`` is ``cpu`` or ``cuda`` (measured), ``analytic`` or ``imported``."""
+    """A named latency target; ``kind`` is ``cpu`` or ``cuda`` (measured on a cluster node), ``analytic``,
+    ``imported`` or ``device`` (a kit device)."""
 
     name: str
     kind: str
@@ -28,7 +32,7 @@ class HardwareProfile:
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
             raise ValueError(f"malformed hardware name {self.name!r}: use lower-case letters, digits, '.', '_', '-'")
-        if self.kind not in (*MEASURED_KINDS, "analytic", "imported"):
+        if self.kind not in (*MEASURED_KINDS, "analytic", "imported", DEVICE):
             raise ValueError(f"unknown hardware kind {self.kind!r}")
 
     @property
@@ -94,12 +98,27 @@ def parse_profile(name: str) -> HardwareProfile:
     kind = name.split("-", 1)[0]
     if kind in MEASURED_KINDS and "-" in name:
         return HardwareProfile(name, kind)
-    raise ValueError(f"unknown hardware {name!r} (known: {known_hardware()})")
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"unknown hardware {name!r} (known: {known_hardware()})")
+    return HardwareProfile(name, DEVICE)
+
+
+def device_profile(name: str) -> HardwareProfile:
+    """The profile of a kit device; names of cluster-node profiles and of the built-in tables are refused."""
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"malformed hardware name {name!r}: use lower-case letters, digits, '.', '_', '-' "
+                         f"(for example pixel7-litert)")
+    profile = parse_profile(name)
+    if profile.kind != DEVICE:
+        raise ValueError(f"hardware name {name!r} is reserved ({profile.kind}): a kit device's latency is never a "
+                         f"cluster node's or a built-in table's; name it after the device, e.g. pixel7-litert")
+    return profile
 
 
 def known_hardware() -> str:
     """The names ``parse_profile`` accepts, for error messages."""
-    return ", ".join([*ANALYTIC, *IMPORTED, "cpu-<device> or cuda-<device> (measured, with a table)"])
+    return ", ".join([*ANALYTIC, *IMPORTED, "cpu-<device> or cuda-<device> (measured, with a table)",
+                      "any other lower-case name (a kit device, with its table)"])
 
 
 def local_profiles() -> tuple[HardwareProfile, ...]:

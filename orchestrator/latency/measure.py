@@ -34,6 +34,7 @@ from torch import nn
 
 from orchestrator.arch import Arch, Op
 from orchestrator.blocks import init_weights
+from orchestrator.latency.kit_runner import RUNTIMES
 from orchestrator.latency.table import HEAD, STEM, EntryStats, block_key
 from orchestrator.network import Block, Head, ProxylessNet, bn_kwargs, make_op, make_stem
 from orchestrator.spaces import SearchSpace
@@ -69,6 +70,10 @@ class MeasureConfig:
     min_rounds: int = 20  # whole networks: at least this many round-robin rounds
     max_rounds: int = 80  # ... and at most this many
     target_floor: float = 0.015  # ... stopping once two halves of the rounds agree to this median relative gap
+    # What runs the networks: torch (eager; entries timed part by part) or a deployment runtime (whole networks
+    # exported and timed in it, entries fitted: ``latency.fit``), with its execution provider or device.
+    runtime: str = "torch"
+    provider: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -97,6 +102,12 @@ class MeasureConfig:
             raise ValueError(f"need 2 <= min_rounds <= max_rounds, got {self.min_rounds} and {self.max_rounds}")
         if not 0 < self.target_floor < 1:
             raise ValueError(f"target_floor must be in (0, 1), got {self.target_floor}")
+        if self.runtime not in ("torch", *RUNTIMES):
+            raise ValueError(f"unknown runtime {self.runtime!r} (known: torch, {', '.join(RUNTIMES)})")
+        if self.runtime == "torch" and self.provider is not None:
+            raise ValueError("--provider names a deployment runtime's execution provider; torch has none")
+        if self.runtime != "torch" and self.dtype != "float32":  # (``method`` and ``repeats`` go unused there)
+            raise ValueError(f"runtime {self.runtime} times whole float32 networks: --dtype does not apply")
 
     def space_at_resolution(self, space: SearchSpace) -> SearchSpace:
         """The space whose block shapes this measurement uses (the space itself unless a resolution is given)."""
@@ -113,6 +124,8 @@ def default_config(device: str = "cpu", **overrides) -> MeasureConfig:
     cfg = dict(device=device, threads=None if device.startswith("cuda") else 1, statistic="min",
                method="in-network", warmup=5, repeats=60, min_repeat_ms=0.0)
     cfg.update(given)
+    if cfg.get("runtime", "torch") != "torch" and "provider" not in given and cfg["device"].startswith("cuda"):
+        cfg["provider"] = {"onnxruntime": "CUDAExecutionProvider", "openvino": "GPU"}.get(cfg["runtime"])
     if "clock" not in given:
         cfg["clock"] = "cpu" if cfg["device"] == "cpu" and cfg["threads"] == 1 else "wall"
     return MeasureConfig(**cfg)

@@ -27,6 +27,8 @@ from orchestrator.latency.table import (
 from orchestrator.spaces import PROXYLESS_IMAGENET, SearchSpace
 
 FORMAT = "proxyless-yaml"
+OFFICIAL_HARDWARE = "pixel1"
+OFFICIAL_RUNTIME = "litert"  # TFLite, LiteRT's former name, as the paper measured it on the phone
 
 
 def _hw(r: int, c: int) -> str:
@@ -84,7 +86,13 @@ def parse_yaml(text: str, where: str) -> dict:
 
 def import_proxyless_yaml(uri: str, hardware: str = "pixel1", space: SearchSpace = PROXYLESS_IMAGENET,
                           endpoint: str | None = None) -> LatencyTable:
-    """Read an official YAML table and convert it to a table of ``space``; every entry the space needs must exist."""
+    """Read an official YAML table and convert it to a table of ``space``; every entry the space needs must exist.
+
+    The official table was measured with TFLite on a Pixel 1: it is ``pixel1`` in runtime ``litert``, and no other
+    hardware name is given to it."""
+    if hardware != OFFICIAL_HARDWARE:
+        raise ValueError(f"the official ProxylessNAS table was measured on a Pixel 1 (TFLite): its hardware is "
+                         f"{OFFICIAL_HARDWARE!r}, not {hardware!r}")
     profile = HardwareProfile(hardware, "imported")
     try:
         text = storage.read_uri(uri, endpoint).decode("utf-8")
@@ -112,5 +120,6 @@ def import_proxyless_yaml(uri: str, hardware: str = "pixel1", space: SearchSpace
         body_fingerprint=space.body_fingerprint(), head_classes=space.num_classes,
         # the official table prices only the 1000-class logits: other class counts scale that layer linearly
         head_ms_per_class=logits / space.num_classes,
+        runtime=OFFICIAL_RUNTIME, runtime_version="TFLite (2018, the paper's measurement)",
     )
     return LatencyTable(prov, entries)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.latency.hardware import known_hardware, parse_profile
+from orchestrator.latency.hardware import DEVICE, known_hardware, parse_profile
+from orchestrator.latency.kit_runner import RUNTIMES as DEPLOYMENT_RUNTIMES
 from orchestrator.latency.model import LatencyModel
 from orchestrator.spaces import SearchSpace
+
+DEFAULT_RUNTIME = "torch"
+RUNTIMES: tuple[str, ...] = (DEFAULT_RUNTIME, *DEPLOYMENT_RUNTIMES)  # what runs the networks a table prices
 
 # The official table ships beside the project (../shared/reference/proxylessnas), not inside the package.
 REFERENCE_PIXEL1 = Path(__file__).resolve().parents[3] / "shared" / "reference" / "proxylessnas" / "mobile_trim.yaml"
@@ -23,20 +27,30 @@ def load_table(uri: str, hardware: str = "pixel1"):
     return LatencyTable.load(uri)
 
 
-def latency_model(hardware: str, space: SearchSpace, table: str | None = None) -> LatencyModel:
-    """The latency model for ``hardware`` on ``space``: analytic for ``flops``, else from a table.
+def latency_model(hardware: str, space: SearchSpace, table: str | None = None,
+                  runtime: str = DEFAULT_RUNTIME) -> LatencyModel:
+    """The latency model for ``hardware`` in ``runtime`` on ``space``: analytic for ``flops``, else from a table.
 
-    ``pixel1`` defaults to the official table beside the project; a measured profile (``cpu-...``,
-    ``cuda-...``) needs ``table``, a Parquet URI (local or ``s3://``) built for that hardware and space body.
-    ``space`` may be a task variant of the table's space that changes only the classes (``tiny[c3]``): the
-    table's body is reused and the head priced for the variant. Another body or hardware is refused.
+    ``pixel1`` defaults to the official table beside the project (TFLite on a Pixel 1: runtime ``litert``); a
+    measured profile (``cpu-...``, ``cuda-...``) and a kit device (any other name) need ``table``, a Parquet URI
+    (local or ``s3://``) built for that hardware, runtime and space body. ``space`` may be a task variant of the
+    table's space that changes only the classes (``tiny[c3]``): the table's body is reused and the head priced
+    for the variant. Another body, hardware or runtime is refused.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
     profile = parse_profile(hardware)
     if profile.kind == "analytic":
+        if runtime != DEFAULT_RUNTIME:
+            raise ValueError(f"hardware {hardware!r} counts multiply-accumulates: it has no runtime (drop runtime: "
+                             f"{runtime})")
         from orchestrator.latency.flops import flops_model
 
         return flops_model(space)
     if table is None:
+        if profile.kind == DEVICE:
+            raise ValueError(f"unknown hardware {hardware!r} (known: {known_hardware()}): as a kit device it needs "
+                             f"its table (nas latency import --kit ...)")
         if profile.kind != "imported":
             raise ValueError(f"hardware {hardware!r} is measured: give its table URI (nas latency build --out URI)")
         if not REFERENCE_PIXEL1.is_file():
@@ -45,7 +59,9 @@ def latency_model(hardware: str, space: SearchSpace, table: str | None = None) -
     t = load_table(table, hardware)
     if t.provenance.hardware != hardware:
         raise ValueError(f"table {table} is for hardware {t.provenance.hardware!r}, not {hardware!r}")
-    return t.to_model(space)
+    model = t.to_model(space)  # another space's table is refused first: the runtime cannot fix that
+    t.check_runtime(hardware, runtime)
+    return model
 
 
-__all__ = ["known_hardware", "latency_model", "load_table"]
+__all__ = ["known_hardware", "latency_model", "load_table", "RUNTIMES", "DEFAULT_RUNTIME"]

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from orchestrator.arch import Arch
-from orchestrator.latency import calibrate
+from orchestrator.latency import calibrate, kit_runner
 from orchestrator.latency.calibrate import CalibrationConfig, compare  # noqa: F401  (compare: re-exported)
-from orchestrator.latency.hardware import HardwareProfile, device_name
+from orchestrator.latency.hardware import DEVICE, HardwareProfile, device_name, known_hardware
 from orchestrator.latency.measure import (
     REFERENCE,
     GroupTiming,
@@ -54,6 +56,7 @@ class NodeInfo:
     hostname: str
     overhead_ms: float
     allocator: str = "system"
+    runtime_version: str | None = None  # the deployment runtime's version (None: torch)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ChunkResult:
     node: NodeInfo
     group: GroupTiming | None = None  # whole networks timed part by part (calibration, validation)
     head_ms_per_class: float | None = None
+    whole: dict[str, dict] | None = None  # whole networks timed in a deployment runtime: arch -> ms, halves, rounds
 
 
 def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
@@ -76,8 +80,9 @@ def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
     except ImportError:
         pass
     allocator = pin_allocator() if cfg.allocator == "pinned" else allocator_state()
+    version = kit_runner.runtime_version(cfg.runtime) if cfg.runtime != "torch" else None
     return NodeInfo(device_name(cfg.device), torch.__version__, torch.version.cuda, node_id, socket.gethostname(),
-                    overhead_ms, allocator)
+                    overhead_ms, allocator, version)
 
 
 def measure_chunk(space_name: str, keys: list[str], cfg: MeasureConfig) -> ChunkResult:
@@ -112,6 +117,28 @@ def measure_archs_chunk(space_name: str, archs: list[str], cfg: MeasureConfig) -
     """Time whole networks, keyed by their architecture strings, as validation times them (with the reference
     network, under the key ``reference``, to compare hosts or times)."""
     return measure_group_chunk(space_name, archs, cfg)
+
+
+def measure_runtime_chunk(space_name: str, archs: list[str], cfg: MeasureConfig, seed: int = 0) -> ChunkResult:
+    """Node side of a deployment-runtime build, validation or measurement: export the whole networks (and the
+    reference network, under the key ``reference``) in the format ``cfg.runtime`` reads, and time them there
+    round-robin (``kit_runner.time_networks``, the code a kit's runner runs on a device)."""
+    from orchestrator.latency.kit import export_network
+
+    space = get_space(space_name)
+    fmt = kit_runner.FORMATS[cfg.runtime]
+    named = [(REFERENCE, reference_arch(space)), *((a, space.parse(a)) for a in archs)]
+    kit_runner.runtime_version(cfg.runtime)  # a missing runtime fails before any export
+    with tempfile.TemporaryDirectory(prefix="nas-latency-") as folder:
+        paths = [Path(folder) / f"{i:03d}.{fmt}" for i in range(len(named))]
+        for (_, arch), path in zip(named, paths):
+            export_network(arch, path, fmt)
+        timings = kit_runner.time_networks(paths, cfg.runtime, cfg.threads, cfg.provider, cfg.clock,
+                                           cfg.min_rounds, cfg.max_rounds, cfg.target_floor,
+                                           group_size=len(paths), warmup=max(1, min(cfg.warmup, 3)), seed=seed)
+    whole = {key: timings[str(path)] for (key, _), path in zip(named, paths)}
+    entries = {k: EntryStats(latency_ms=t["ms"], count=t["rounds"], min_ms=t["ms"]) for k, t in whole.items()}
+    return ChunkResult(entries, _node_info(cfg, 0.0), whole=whole)
 
 
 def _group_entries(group: GroupTiming) -> dict[str, EntryStats]:
@@ -179,12 +206,18 @@ def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig
     """Measure every entry of ``space`` on ``profile``'s hardware, calibrate and validate on whole networks there
     (``calibration``, by default 60 and 30 networks; None: a plain table, still with its reference network's
     latency), and return the table."""
+    if profile.kind == DEVICE:
+        raise ValueError(f"unknown hardware {profile.name!r} for a build (known: {known_hardware()}): a build "
+                         f"measures a cluster node; a device outside the cluster is measured with a kit "
+                         f"(nas latency kit)")
     if not profile.measured:
         raise ValueError(f"hardware {profile.name!r} is {profile.kind}, not measured: nothing to build")
     if (profile.kind == "cuda") != cfg.device.startswith("cuda"):
         raise ValueError(f"hardware {profile.name!r} is {profile.kind} but --device is {cfg.device!r}")
     space = cfg.space_at_resolution(space)
     cfg = replace(cfg, resolution=None)
+    if cfg.runtime != "torch":
+        return build_runtime_table(space, profile, cfg, use_ray, calibration)
     cal = calibration or CalibrationConfig(networks=0, validate=0)
     if cfg.method == "in-network":
         plain_jobs = [(measure_network_chunk, (space.name, c, cfg), space.num_blocks)
@@ -240,6 +273,78 @@ def build_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig
     return table
 
 
+def _runtime_jobs(space: SearchSpace, archs: list[Arch], cfg: MeasureConfig, size: int, seed: int) -> list[Job]:
+    return [(measure_runtime_chunk, (space.name, [a.encode() for a in g], cfg, seed + i), len(g) + 1)
+            for i, g in enumerate(calibrate.groups_of(archs, size))]
+
+
+def _scaled_whole(results: Sequence[ChunkResult], level: float) -> dict[str, tuple[float, tuple[float, float]]]:
+    """Every network's latency and halves from runtime chunks, each group put at the reference level ``level``."""
+    out = {}
+    for r in results:
+        f = level / r.whole[REFERENCE]["ms"]
+        for arch, t in r.whole.items():
+            if arch != REFERENCE:
+                out[arch] = (t["ms"] * f, (t["halves"][0] * f, t["halves"][1] * f))
+    return out
+
+
+def build_runtime_table(space: SearchSpace, profile: HardwareProfile, cfg: MeasureConfig, use_ray: bool,
+                        calibration: CalibrationConfig | None) -> LatencyTable:
+    """A table of ``space`` in a deployment runtime on ``profile``'s node: whole calibration and held-out networks,
+    drawn as a kit draws them, exported in the runtime's format and timed there round-robin with the reference
+    network; the entries are fitted from the calibration networks (``latency.fit``) and scored on the others. A
+    part then costs what it costs inside the graph the runtime runs (BatchNorm folded, activations fused)."""
+    from orchestrator.latency.fit import fit_whole_networks, score_networks
+    from orchestrator.latency.kit import kit_archs
+
+    cal = calibration or CalibrationConfig(networks=0, validate=0)
+    if cal.networks < 3:
+        raise ValueError(f"a {cfg.runtime} table is fitted from whole networks: --calibrate must be at least 3, "
+                         f"got {cal.networks}")
+    cal_archs, val_archs = kit_archs(space, cal.networks, cal.validate, cal.seed, cal.validation_seed)
+    jobs = _runtime_jobs(space, cal_archs + val_archs, cfg, cal.group_size, 0)
+    desc = f"build {profile.name} ({cfg.runtime})"
+    results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
+    refs = [r.whole[REFERENCE]["ms"] for r in results]
+    level = float(np.median(refs))
+    timed = _scaled_whole(results, level)
+    fit = fit_whole_networks(space, [a.encode() for a in cal_archs], [timed[a.encode()][0] for a in cal_archs])
+    node = results[0].node
+    prov = Provenance(
+        hardware=profile.name, hardware_kind=profile.kind, space=space.name, space_fingerprint=space.fingerprint(),
+        resolution=space.resolution, batch_size=cfg.batch_size, dtype=cfg.dtype, threads=cfg.threads,
+        device=cfg.device, device_name=node.device_name, torch_version=node.torch_version,
+        cuda_version=node.cuda_version, created=utc_now(), warmup=cfg.warmup, statistic="min", clock=cfg.clock,
+        method="whole-network fit", source="measured",
+        node_id=",".join(sorted({r.node.node_id for r in results if r.node.node_id})) or None,
+        hostname=",".join(sorted({r.node.hostname for r in results})),
+        body_fingerprint=space.body_fingerprint(), head_classes=space.num_classes, head_ms_per_class=None,
+        calibration={**fit.info, "seed": cal.seed, "stream": f"{calibrate.CALIBRATION}:{cal.seed}",
+                     "group_size": cal.group_size, "rounds": [r.whole[REFERENCE]["rounds"] for r in results],
+                     "reference_arch": reference_arch(space).encode(), "reference_ms": level,
+                     "reference_by_group_ms": refs, "min_rounds": cfg.min_rounds, "max_rounds": cfg.max_rounds,
+                     "target_floor": cfg.target_floor, "archs": [a.encode() for a in cal_archs],
+                     "measurements": len(cal_archs) + len(val_archs)},
+        runtime=cfg.runtime, runtime_version=node.runtime_version,
+        provider=cfg.provider or kit_runner.default_provider(cfg.runtime),
+    )
+    table = LatencyTable(prov, fit.entries)
+    if val_archs:
+        table = table.with_provenance(validation=_runtime_record(table, [a.encode() for a in val_archs], timed,
+                                                                 cal.validation_seed, score_networks))
+        log.info("%s (%s) on %s: %s", profile.name, cfg.runtime, space.name, describe(table.provenance.validation))
+    return table
+
+
+def _runtime_record(table: LatencyTable, archs: list[str], timed: dict, seed: int, score) -> dict:
+    space = table.space()
+    figures = score(table.to_model(space), table.to_model(space, plain=True), archs, [timed[a][0] for a in archs],
+                    [timed[a][1] for a in archs])
+    return {"created": utc_now(), "seed": seed, "stream": f"{calibrate.VALIDATION}:{seed}", "sampling": "spread",
+            **figures}
+
+
 def build_tables(space: SearchSpace, jobs: Sequence[tuple[HardwareProfile, MeasureConfig]], use_ray: bool,
                  calibration: CalibrationConfig | None = CalibrationConfig()) -> list[LatencyTable]:
     """Build one table per (profile, config); on Ray the different hardware is measured at the same time."""
@@ -262,10 +367,14 @@ def config_of(table: LatencyTable) -> MeasureConfig:
         raise ValueError(f"table {p.hardware!r} was imported ({p.source}); it can only be validated on its hardware")
     rounds = {k: p.calibration[k] for k in ("min_rounds", "max_rounds", "target_floor")
               if p.calibration and k in p.calibration}
-    return MeasureConfig(batch_size=p.batch_size, threads=p.threads, dtype=p.dtype, device=p.device,
-                         warmup=p.warmup or 0, repeats=p.repeats or 3, min_repeat_ms=p.min_repeat_ms or 0.0,
-                         statistic=p.statistic, clock=p.clock, method=p.method,
-                         allocator="pinned" if p.allocator and "no mmap" in p.allocator else "system", **rounds)
+    runtime = {} if p.runtime == "torch" else {"runtime": p.runtime, "provider": p.provider,
+                                               "method": "in-network"}  # (a fitted table's method, unused there)
+    return MeasureConfig(**{**dict(batch_size=p.batch_size, threads=p.threads, dtype=p.dtype, device=p.device,
+                                   warmup=p.warmup or 0, repeats=p.repeats or 3,
+                                   min_repeat_ms=p.min_repeat_ms or 0.0, statistic=p.statistic, clock=p.clock,
+                                   method=p.method,
+                                   allocator="pinned" if p.allocator and "no mmap" in p.allocator else "system"),
+                            **rounds, **runtime})
 
 
 # ---- validation -------------------------------------------------------------------------------------------------
@@ -297,12 +406,13 @@ def validation_record(table: LatencyTable, groups: Sequence[GroupTiming], seed: 
 
 def describe(v: dict) -> str:
     """One line of a validation record: the model, the noise floor and the plain table side by side."""
-    nf, pl = v["noise_floor"], v["plain"]
+    nf, pl = v.get("noise_floor"), v["plain"]
+    floor = (f"noise floor {nf['median_gap']:.1%} (halves within ±10% {nf['within_10pct']:.0%}, Spearman "
+             f"{nf['spearman']:.3f})" if nf else "noise floor unknown (no file repeated)")
+    drift = f"; host drift {v['drift']:+.1%}" if v.get("drift") is not None else ""
     return (f"{v['samples']} held-out networks: within ±10% {v['within_10pct']:.0%}, Spearman {v['spearman']:.3f}, "
-            f"MAPE {v['mape']:.1%}; noise floor {nf['median_gap']:.1%} (halves within ±10% "
-            f"{nf['within_10pct']:.0%}, Spearman {nf['spearman']:.3f}); plain table within ±10% "
-            f"{pl['within_10pct']:.0%}, Spearman {pl['spearman']:.3f}, MAPE {pl['mape']:.1%}; "
-            f"host drift {v['drift']:+.1%}")
+            f"MAPE {v['mape']:.1%}; {floor}; plain table within ±10% {pl['within_10pct']:.0%}, Spearman "
+            f"{pl['spearman']:.3f}, MAPE {pl['mape']:.1%}{drift}")
 
 
 def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, group_size: int = 30,
@@ -324,8 +434,17 @@ def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, 
     profile = HardwareProfile(table.provenance.hardware, table.provenance.hardware_kind)
     archs = calibrate.spread_archs(space, samples, seed, calibrate.VALIDATION, exclude=cal.get("archs", ()),
                                    tilt=3.0 if spread else 0.0)
-    jobs = _group_jobs(space, archs, cfg, group_size, 2000)
+    runtime = cfg.runtime != "torch"
+    jobs = (_runtime_jobs if runtime else _group_jobs)(space, archs, cfg, group_size, 2000)
     desc = f"validate {profile.name}"
     results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
-    return {**validation_record(table, [r.group for r in results], seed),
-            "sampling": "spread" if spread else "uniform"}
+    if runtime:
+        from orchestrator.latency.fit import score_networks
+
+        refs = [r.whole[REFERENCE]["ms"] for r in results]
+        record = _runtime_record(table, [a.encode() for a in archs], _scaled_whole(results, reference_ms(table)),
+                                 seed, score_networks)
+        record["drift"] = float(np.median(refs)) / reference_ms(table) - 1.0
+    else:
+        record = validation_record(table, [r.group for r in results], seed)
+    return {**record, "sampling": "spread" if spread else "uniform"}

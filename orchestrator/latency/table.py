@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pyarrow is imported where a table is read or written: the o
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # v3: the runtime a table was measured in (older tables: torch)
 META_KEY = b"nas.latency.provenance"
 STEM, HEAD = "stem", "head"
 
@@ -113,6 +113,11 @@ class Provenance:
     allocator: str | None = None  # how the C allocator was set while measuring (see ``measure.pin_allocator``)
     calibration: dict | None = None  # how ``latency_ms`` was calibrated on whole networks (seed, archs, fit)
     validation: dict | None = None  # the last held-out validation (figures, noise floor, plain table beside it)
+    # v3: what ran the networks: ``torch`` (eager), or a deployment runtime (``runtime_version``, and its execution
+    # provider or device); a table of one runtime prices nothing for another (``LatencyTable.check_runtime``)
+    runtime: str = "torch"
+    runtime_version: str | None = None
+    provider: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Provenance":
@@ -181,6 +186,15 @@ class LatencyTable:
             f"table {p.hardware!r} prices the body {body} of space {p.space!r}, but space {space.name!r} has body "
             f"{space.body_fingerprint()} (other widths, stages or candidates): build a table for {space.name!r}"
         )
+
+    def check_runtime(self, hardware: str, runtime: str) -> None:
+        """Refuse a table measured on other hardware or in another runtime than a config names."""
+        p = self.provenance
+        if p.hardware != hardware:
+            raise ValueError(f"the latency table is for hardware {p.hardware!r}, not {hardware!r}")
+        if p.runtime != runtime:
+            raise ValueError(f"the latency table of {p.hardware!r} was measured in runtime {p.runtime!r}, not "
+                             f"{runtime!r}: set runtime: {p.runtime} or give a table built for {runtime}")
 
     def missing(self, space: SearchSpace) -> list[str]:
         return [k for k in required_keys(space) if k not in self.entries]

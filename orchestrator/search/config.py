@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config import apply_overrides, build, read_yaml, to_dict
 from orchestrator.config import fail as _fail
 from orchestrator.data.source import DataSpec
+from orchestrator.latency.profiles import RUNTIMES
 
 if TYPE_CHECKING:
     from orchestrator.spaces import SearchSpace
@@ -115,6 +116,9 @@ class SearchConfig:
     resolution: int | None = None  # the task's input side in px; default the space's
     width_mult: float | None = None  # width multiplier of the space; default the space's
     hardware: str = "flops"
+    # what runs the networks on that hardware: torch (eager), onnxruntime, openvino, litert or tensorrt; the table
+    # must have been measured (or fitted from a kit) in it
+    runtime: str = "torch"
     latency_table: str | None = None
     target: float = 1.0  # latency target T in the hardware profile's unit
     epochs: int = 10
@@ -178,6 +182,7 @@ def validate(cfg: SearchConfig) -> None:
         _fail("precision", f"must be fp32 or bf16, got {cfg.precision!r}")
     if not cfg.hardware:
         _fail("hardware", "must name a hardware profile, e.g. 'flops'")
+    _choice("runtime", cfg.runtime, RUNTIMES)
     _positive("target", cfg.target)
     _positive("epochs", cfg.epochs)
     _positive("warmup_epochs", cfg.warmup_epochs, strict=False)

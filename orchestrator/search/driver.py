@@ -78,7 +78,7 @@ class SearchResult:
 def resolve_latency(cfg: SearchConfig) -> LatencyModel:
     """The latency model for the config's hardware on the searched space; raised errors name the ``hardware`` key."""
     try:
-        return latency_model(cfg.hardware, cfg.search_space, cfg.latency_table)
+        return latency_model(cfg.hardware, cfg.search_space, cfg.latency_table, cfg.runtime)
     except (ValueError, OSError) as e:
         raise ValueError(f"hardware: {e}") from None
 

@@ -199,7 +199,7 @@ def load_state_dict(state: SearchState, saved: dict) -> None:
 
 # What a search may change relative to the warm-up it forks from: warm-up trains weights only, so neither the
 # hardware, the target nor anything of the architecture step has touched the state yet.
-_FORK_FREE = ("hardware", "latency_table", "target", "arch.")
+_FORK_FREE = ("hardware", "runtime", "latency_table", "target", "arch.")
 
 
 def warmup_steps(state: SearchState) -> int:

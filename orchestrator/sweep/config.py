@@ -18,6 +18,7 @@ from typing import Any
 
 
 from orchestrator.cluster_checks import check_worker_shape
+from orchestrator.latency.profiles import RUNTIMES
 from orchestrator.retrain import RetrainConfig, retrain_config_from_dict
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class HardwareGrid:
     low: float | None = None
     high: float | None = None
     samples: int = 0
-    table: str | None = None  # latency table URI for a measured profile
+    table: str | None = None  # latency table URI for a measured profile or a kit device
+    runtime: str | None = None  # what runs the nets on this hardware; None: the base search config's runtime
     front: tuple[float, ...] = ()  # extra budgets: each trial also derives, from its own α, the best net under each
     # of these (at no search cost), measures and retrains it as an extra point of the front (``nas.point=front``)
 
@@ -130,7 +132,7 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
     key = f"grid[{i}]"
     if not isinstance(item, dict) or not isinstance(item.get("hardware"), str):
         raise ValueError(f"{key}: expected a mapping with 'hardware' and its targets, got {item!r}")
-    known = {"hardware", "targets", "relative", "table", "front"}
+    known = {"hardware", "targets", "relative", "table", "front", "runtime"}
     unknown = sorted(set(item) - known)
     if unknown:
         raise ValueError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -156,7 +158,10 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
     table = item.get("table")
     if table is not None and not isinstance(table, str):
         raise ValueError(f"{key}.table: expected a URI, got {table!r}")
-    return HardwareGrid(hardware=hw, table=table, **kwargs)
+    runtime = item.get("runtime")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"{key}.runtime: unknown value {runtime!r} (known: {', '.join(RUNTIMES)})")
+    return HardwareGrid(hardware=hw, table=table, runtime=runtime, **kwargs)
 
 
 _SCALARS = {"name": str, "search": str, "workers_per_trial": int, "cpus_per_worker": float, "use_gpu": bool,
@@ -276,6 +281,7 @@ class HardwareInfo:
     unit: str
     bounds: tuple[float, float]
     table: str | None
+    runtime: str = "torch"
 
 
 def base_config(sweep: SweepConfig):
@@ -292,8 +298,9 @@ def hardware_info(sweep: SweepConfig) -> dict[str, HardwareInfo]:
     cfg = base_config(sweep)
     out = {}
     for g in sweep.grid:
-        model = resolve_latency(cfg.replace(hardware=g.hardware, latency_table=g.table))
-        out[g.hardware] = HardwareInfo(g.hardware, model.unit, model.bounds(), g.table)
+        runtime = g.runtime or cfg.runtime
+        model = resolve_latency(cfg.replace(hardware=g.hardware, latency_table=g.table, runtime=runtime))
+        out[g.hardware] = HardwareInfo(g.hardware, model.unit, model.bounds(), g.table, runtime)
     return out
 
 

@@ -21,16 +21,23 @@ class MeasuredLatency:
     arch: str
     hardware: str
     unit: str
-    value: float  # measured (ms) or counted (MMAC)
+    value: float  # measured (ms), counted (MMAC), or, for a device outside the cluster, the table's prediction
     predicted: float  # the search's latency model for the same network
-    method: str  # "measured" (whole network, timed) or "macs" (counted)
+    method: str  # "measured" (whole network, timed), "macs" (counted) or "table-estimate" (no such node)
     table: str | None
     provenance: dict
     node: dict
     seconds: float  # task time (compute cost of the measurement)
+    runtime: str = "torch"  # what ran (or would run) the network
+
+    @property
+    def source(self) -> str:
+        """``measured`` on a cluster node with the hardware and runtime, ``counted`` (MACs), or ``predicted``
+        where no node has them (a kit device, the official Pixel 1 table): MLflow's ``latency_source``."""
+        return {"measured": "measured", "macs": "counted"}.get(self.method, "predicted")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, default=str)
+        return json.dumps({**dataclasses.asdict(self), "latency_source": self.source}, indent=1, default=str)
 
 
 def _count_mmacs(arch: str) -> tuple[float, dict, float]:
@@ -50,7 +57,7 @@ def _time_network(arch: str, table_uri: str, rounds: int | None) -> tuple[float,
     part by part on the table's clock), then put at the host speed the table was built at: the reference network's
     latency then over its latency now. A shared host's drift between building and measuring cancels out; the
     raw figure and the factor are kept in the node record."""
-    from orchestrator.latency.runner import config_of, measure_archs_chunk, reference_factor
+    from orchestrator.latency.runner import config_of, measure_archs_chunk, measure_runtime_chunk, reference_factor
     from orchestrator.latency.table import LatencyTable
 
     t0 = time.time()
@@ -58,7 +65,9 @@ def _time_network(arch: str, table_uri: str, rounds: int | None) -> tuple[float,
     cfg = config_of(table)
     if rounds is not None:
         cfg = dataclasses.replace(cfg, min_rounds=max(2, rounds), max_rounds=max(2, rounds))
-    res = measure_archs_chunk(table.provenance.space, [arch], cfg)
+    # a deployment runtime's table: the network exported and timed in that runtime, as the table's build timed it
+    measure = measure_archs_chunk if cfg.runtime == "torch" else measure_runtime_chunk
+    res = measure(table.provenance.space, [arch], cfg)
     raw, factor = res.entries[arch].latency_ms, reference_factor(table, res)
     node = {**dataclasses.asdict(res.node), "raw_ms": raw, "reference_factor": factor}
     return raw * factor, node, time.time() - t0
@@ -84,8 +93,11 @@ def check_hardware_available(hardware: str) -> None:
                          f"start one with --resources '{{\"{profile.resource}\": 1}}'")
 
 
-def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | None = None) -> MeasuredLatency:
-    """Measure (or count) ``arch`` on ``hardware`` in a Ray task placed where that hardware is."""
+def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | None = None,
+                    runtime: str = "torch") -> MeasuredLatency:
+    """Measure (or count) ``arch`` on ``hardware`` in ``runtime``, in a Ray task placed where that hardware is; a
+    device that is no cluster node (a kit device, ``pixel1``) gets its table's prediction, never a node's
+    measurement under its name."""
     import ray
 
     from orchestrator.arch import Arch
@@ -95,7 +107,7 @@ def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | N
 
     profile = parse_profile(hardware)
     space = get_space(Arch.parse(arch).space)
-    model = latency_model(hardware, space, table)
+    model = latency_model(hardware, space, table, runtime)
     predicted = model.exact(space.parse(arch))
     if profile.measured:
         if table is None:
@@ -113,7 +125,8 @@ def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | N
         task = ray.remote(_count_mmacs).options(num_cpus=0.01, max_retries=1, scheduling_strategy=_outside_trial())
         value, node, secs = ray.get(task.remote(arch))
         prov, method = dict(model.provenance), "macs"
-    else:  # an imported table (pixel1): no such device in the cluster, so the table's estimate stands in
+    else:  # a kit device or the official table: no such device in the cluster, so the table's estimate stands in
         value, node, secs, method = predicted, {}, 0.0, "table-estimate"
         prov = dict(model.provenance)
-    return MeasuredLatency(arch, hardware, model.unit, float(value), float(predicted), method, table, prov, node, secs)
+    return MeasuredLatency(arch, hardware, model.unit, float(value), float(predicted), method, table, prov, node, secs,
+                           runtime)

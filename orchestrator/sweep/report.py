@@ -48,7 +48,10 @@ def experiment_points(uri: str, experiment: str) -> dict[str, list[Point]]:
         meta = {"run_id": r.info.run_id, "kind": kind, "unit": t.get("nas.latency_unit", ""),
                 "target": t.get("nas.target"), "search_run_id": t.get("nas.search_run_id", r.info.run_id),
                 "worker_seconds": m.get("point_worker_seconds"),
-                "point": t.get("nas.point", "search")}  # "front": derived from a search's α under an extra budget
+                "point": t.get("nas.point", "search"),  # "front": derived from a search's α under an extra budget
+                "runtime": t.get("nas.runtime", "torch"),
+                # "predicted" for a device outside the cluster: its front is the table's, not a node's timing
+                "latency_source": t.get("nas.latency_source", "measured")}
         out.setdefault(hw, []).append(Point(m["measured_latency"], 1.0 - m[acc_key], t.get("nas.arch", ""), meta))
     if not out:
         raise ValueError(f"experiment {experiment!r} at {uri} has no finished run with a measured latency "

@@ -177,6 +177,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
                "parent_run_id": meta["parent_run_id"], "storage": meta["storage"],
                "warmups": meta["warmups"] if sweep.shared_warmup else {},
                "tables": {g.hardware: g.table for g in sweep.grid if g.table}, "workers": sweep.workers_per_trial,
+               "runtimes": {h: i.runtime for h, i in info.items()},
                "fronts": {g.hardware: list(g.front) for g in sweep.grid if g.front},
                "cpus_per_worker": sweep.cpus_per_worker, "measure_rounds": sweep.measure_rounds,
                "use_gpu": sweep.use_gpu, "allow_autoscale": sweep.allow_autoscale,

@@ -53,7 +53,9 @@ def sweep_trial(config: dict) -> None:
     key = point_key(hw, target, seed)
     table = ctx["tables"].get(hw)
     uri, experiment, parent = ctx["tracking_uri"], ctx["experiment"], ctx["parent_run_id"]
-    cfg = config_from_dict(ctx["search"]).replace(hardware=hw, target=target, seed=seed, latency_table=table)
+    base = config_from_dict(ctx["search"])
+    cfg = base.replace(hardware=hw, target=target, seed=seed, latency_table=table,
+                       runtime=ctx.get("runtimes", {}).get(hw, base.runtime))
     warm = ctx["warmups"].get(str(seed))  # None when every trial pays its own warm-up
     lineage = {"nas.sweep": ctx["name"], "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
     spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
@@ -63,8 +65,9 @@ def sweep_trial(config: dict) -> None:
                                "nas.warmup_run_id": warm["run_id"] if warm else ""}.items()))
     res = run_distributed_search(cfg, spec, callbacks=(TuneReportCallback(),))
     arch = res.search["arch"]
-    lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"))
+    lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"), cfg.runtime)
     tracking.log_artifact_files(uri, res.run_id, {"latency.json": lat.to_json()})
+    tracking.set_tags(uri, res.run_id, {"nas.runtime": lat.runtime, "nas.latency_source": lat.source})
     tracking.log_metrics(uri, res.run_id, {"measured_latency": lat.value}, step=res.search["steps"])
     on_gpu = str(res.search.get("device", "cpu")).startswith("cuda")
     warm_share = warm["worker_seconds"] / ctx["trials_per_warmup"] if warm else 0.0
@@ -73,7 +76,8 @@ def sweep_trial(config: dict) -> None:
              + measurement_cost(lat.seconds, hw.startswith("cuda-")))
     cost = {"search_worker_seconds": res.worker_seconds, "warmup_share_worker_seconds": warm_share,
             "measure_seconds": lat.seconds}
-    out = {"hardware": hw, "target": target, "seed": seed, "unit": lat.unit, "arch": arch,
+    out = {"hardware": hw, "runtime": lat.runtime, "latency_source": lat.source, "target": target, "seed": seed,
+           "unit": lat.unit, "arch": arch,
            "search_run_id": res.run_id, "measured_latency": lat.value, "predicted_latency": lat.predicted,
            "supernet_valid_accuracy": res.search.get("valid_accuracy"), **cost}
     within = {"within_budget": float(lat.value <= target), "predicted_within_budget": float(lat.predicted <= target)}
@@ -81,6 +85,7 @@ def sweep_trial(config: dict) -> None:
     if ctx["retrain"] is not None:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "search",
+                "nas.runtime": lat.runtime, "nas.latency_source": lat.source,
                 "nas.derive": res.search.get("derive", "argmax")}
         rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
                             allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
@@ -122,10 +127,11 @@ def front_points(ctx: dict, cfg, res, key: str, lineage: dict) -> int:
         if arch in done:  # the same net as the trial's own, or as a looser budget's: one point is enough
             continue
         done.add(arch)
-        lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"))
+        lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"), cfg.runtime)
         within = {"within_budget": float(lat.value <= d.budget), "predicted_within_budget": 1.0}
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{d.budget:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "front",
+                "nas.runtime": lat.runtime, "nas.latency_source": lat.source,
                 "nas.front_budget": f"{d.budget:g}", "nas.derive": "budget"}
         spec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",

@@ -1,0 +1,253 @@
+"""Latency in deployment runtimes: kits measured by their own runner (numpy and the runtime only) with ONNX Runtime
+and OpenVINO, imported and validated; tables built in a runtime on this node; the refusals of tables, results and
+names that would put one device's or runtime's latency under another's label. Real runtimes, nothing mocked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxruntime
+import openvino
+import pytest
+
+from orchestrator.latency.kit import write_kit
+from orchestrator.latency.profiles import latency_model
+from orchestrator.latency.table import LatencyTable
+from orchestrator.spaces import PROXYLESS_IMAGENET, TINY
+from orchestrator.sweep.measure import measure_latency
+from tests.conftest import assert_one_line_error, run_nas_inprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+
+# The runner runs where only numpy and the runtime exist: torch and this project are made unimportable.
+NO_TORCH = """
+import runpy, sys
+for name in ("torch", "orchestrator", "scipy", "pyarrow", "yaml"):
+    sys.modules[name] = None
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+loaded = sorted(m for m in ("torch", "orchestrator") if sys.modules.get(m) is not None)
+assert not loaded, loaded
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_kit(tmp_path_factory) -> Path:
+    """A small ONNX kit of ``tiny``: 12 calibration and 6 held-out networks."""
+    out = tmp_path_factory.mktemp("kit") / "tiny-onnx"
+    write_kit(TINY, "onnx", out, networks=12, validate=6)
+    return out
+
+
+def run_kit(kit: Path, runtime: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(kit / "run_kit.py"), "--runtime", runtime,
+                           "--out", str(out), "--min-rounds", "6", "--max-rounds", "10", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_kit_holds_what_a_device_needs(onnx_kit):
+    m = json.loads((onnx_kit / "manifest.json").read_text())
+    assert m["format"] == "onnx" and m["space"] == "tiny" and m["space_fingerprint"] == TINY.fingerprint()
+    sets = [n["set"] for n in m["networks"]]
+    assert sets.count("calibration") == 12 and sets.count("validation") == 6
+    cal = {n["arch"] for n in m["networks"] if n["set"] == "calibration"}
+    assert not cal & {n["arch"] for n in m["networks"] if n["set"] == "validation"}  # held out for real
+    for n in m["networks"]:
+        assert n["file"].startswith(m["fingerprint"]) and (onnx_kit / n["file"]).is_file()
+        assert n["input_shape"] == [1, 3, 16, 16]
+    template = list(csv.reader((onnx_kit / "results-template.csv").open()))
+    assert template[0] == ["file", "ms"] and {r[0] for r in template[1:]} == {n["file"] for n in m["networks"]}
+    assert (onnx_kit / "run_kit.py").is_file() and (onnx_kit / "README.txt").is_file()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_kit_measured_by_runner_without_torch_imports_and_validates(onnx_kit, runtime, tmp_path, capsys):
+    results = tmp_path / "results.csv"
+    proc = run_kit(onnx_kit, runtime, results)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(results.open()))
+    assert len(rows) == 2 * 18 and {r["runtime"] for r in rows} == {runtime}  # each file twice: two halves
+    assert {r["runtime_version"] for r in rows} == {VERSIONS[runtime]}
+    uri = str(tmp_path / "t.parquet")
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(onnx_kit), "--results", str(results),
+                             "--hardware", f"mybox-{runtime}", "--out", uri)
+    assert proc.returncode == 0, proc.stderr
+    table = LatencyTable.load(uri)
+    p = table.provenance
+    assert (p.hardware, p.hardware_kind, p.runtime, p.runtime_version) == (f"mybox-{runtime}", "device", runtime,
+                                                                           VERSIONS[runtime])
+    assert p.source == f"kit:{json.loads((onnx_kit / 'manifest.json').read_text())['fingerprint']}"
+    assert p.calibration["networks"] == 12 and p.calibration["measurements"] == 36
+    v = p.validation
+    assert v["samples"] == 6 and v["noise_floor"] is not None and 0 <= v["within_10pct"] <= 1
+    assert "held-out networks" in proc.stdout
+    # the fitted model prices whole networks by its entries, and predict says so for any arch of the space
+    arch = v["archs"][0]
+    proc = run_nas_inprocess(capsys, "latency", "predict", "--table", uri, arch, "--json")
+    out = json.loads(proc.stdout)
+    assert out["runtime"] == runtime and out["latency_ms"] == pytest.approx(v["predicted_ms"][0])
+    model = latency_model(f"mybox-{runtime}", TINY, uri, runtime)
+    assert model.exact(TINY.parse(arch)) == pytest.approx(v["predicted_ms"][0])
+    # a sweep's derived net on a kit device: the table's prediction, said to be one, never a node's timing
+    lat = measure_latency(arch, f"mybox-{runtime}", uri, runtime=runtime)
+    assert (lat.source, lat.method, lat.node) == ("predicted", "table-estimate", {})
+    assert lat.value == pytest.approx(v["predicted_ms"][0]) and json.loads(lat.to_json())["latency_source"] == \
+        "predicted"
+    with pytest.raises(ValueError, match=f"measured in runtime '{runtime}', not 'torch'"):
+        measure_latency(arch, f"mybox-{runtime}", uri)
+
+
+def _results(kit: Path, rows: list[tuple[str, str]], header: str = "file,ms") -> str:
+    return header + "\n" + "".join(f"{f},{ms}\n" for f, ms in rows)
+
+
+def test_plain_two_column_results_import_with_runtime_named(onnx_kit, tmp_path, capsys):
+    files = [n["file"] for n in json.loads((onnx_kit / "manifest.json").read_text())["networks"]]
+    res = tmp_path / "plain.csv"  # as benchmark_model or onnxruntime_perf_test figures would be typed in
+    res.write_text(_results(onnx_kit, [(f, 1.0 + i / 10) for i, f in enumerate(files)]))
+    out = tmp_path / "t.parquet"
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(onnx_kit), "--results", str(res),
+                             "--hardware", "edge-box", "--out", str(out))
+    assert_one_line_error(proc, "does not say which runtime", "--runtime")
+    assert not out.exists()
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(onnx_kit), "--results", str(res),
+                             "--hardware", "edge-box", "--runtime", "tensorrt", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    p = LatencyTable.load(str(out)).provenance
+    assert p.runtime == "tensorrt" and p.validation["noise_floor"] is None  # no file repeated: no noise floor
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing", "lacks 1 of the kit's 18 files"),
+    ("stranger", "not in kit"),
+    ("negative", "is not a positive number"),
+    ("zero", "is not a positive number"),
+    ("nan", "is not a positive number"),
+    ("text", "is not a number"),
+    ("no-columns", "no 'file' and 'ms' columns"),
+    ("other-runtime", "--runtime openvino but"),
+    ("tflite-runtime", "runtime litert reads tflite files"),
+    ("reserved-cpu", "is reserved"),
+    ("reserved-pixel1", "is reserved"),
+])
+def test_bad_results_and_names_are_refused_in_one_line_with_nothing_written(onnx_kit, tmp_path, capsys, case,
+                                                                            needle):
+    files = [n["file"] for n in json.loads((onnx_kit / "manifest.json").read_text())["networks"]]
+    rows = [(f, "2.5") for f in files]
+    header, hardware, extra = "file,ms", "edge-box", ["--runtime", "onnxruntime"]
+    if case == "missing":
+        rows = rows[1:]
+    elif case == "stranger":
+        rows.append(("0123456789ab-cal-000.onnx", "2.0"))
+    elif case in ("negative", "zero", "nan", "text"):
+        rows[3] = (files[3], {"negative": "-1", "zero": "0", "nan": "nan", "text": "fast"}[case])
+    elif case == "no-columns":
+        header = "name,latency"
+    elif case == "other-runtime":
+        header, rows = "file,ms,runtime", [(f, "2.5,onnxruntime") for f in files]
+        extra = ["--runtime", "openvino"]
+    elif case == "tflite-runtime":
+        extra = ["--runtime", "litert"]
+    elif case == "reserved-cpu":
+        hardware = "cpu-amd-epyc"
+    elif case == "reserved-pixel1":
+        hardware = "pixel1"
+    res = tmp_path / "r.csv"
+    res.write_text(_results(onnx_kit, rows, header))
+    out = tmp_path / "t.parquet"
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(onnx_kit), "--results", str(res),
+                             "--hardware", hardware, *extra, "--out", str(out))
+    assert_one_line_error(proc, needle)
+    assert not out.exists()
+
+
+def test_kit_refuses_bad_sizes_and_an_existing_folder(tmp_path, capsys):
+    for args, needle in [(["--networks", "101"], "between 3 and 100"),
+                         (["--networks", "100", "--validate", "31"], "at most 130 networks"),
+                         (["--validate", "2"], "at least 3 held-out")]:
+        out = tmp_path / "k"
+        proc = run_nas_inprocess(capsys, "latency", "kit", "--space", "tiny", "--format", "onnx", *args,
+                                 "--out", str(out))
+        assert_one_line_error(proc, needle)
+        assert not out.exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    proc = run_nas_inprocess(capsys, "latency", "kit", "--space", "tiny", "--format", "onnx", "--out",
+                             str(tmp_path / "full"))
+    assert_one_line_error(proc, "not an empty folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no half-written kit beside it
+
+
+def test_runner_refuses_a_runtime_that_reads_another_format(onnx_kit, tmp_path):
+    proc = run_kit(onnx_kit, "litert", tmp_path / "r.csv")
+    assert proc.returncode == 2 and "reads tflite files" in proc.stderr and not (tmp_path / "r.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def ort_table(tmp_path_factory) -> str:
+    """``nas latency build --runtime onnxruntime --local`` of tiny on this node, under a cpu- profile."""
+    uri = str(tmp_path_factory.mktemp("ort") / "cpu-ort.parquet")
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["latency", "build", "--hardware", "cpu-here", "--space", "tiny", "--runtime", "onnxruntime",
+              "--calibrate", "12", "--validate", "6", "--min-rounds", "6", "--max-rounds", "10", "--local",
+              "--out", uri])
+    assert exc.value.code == 0
+    return uri
+
+
+def test_build_in_a_runtime_records_it_and_validates_whole_networks(ort_table):
+    p = LatencyTable.load(ort_table).provenance
+    assert (p.hardware, p.hardware_kind, p.runtime, p.runtime_version) == ("cpu-here", "cpu", "onnxruntime",
+                                                                           onnxruntime.__version__)
+    assert p.provider == "CPUExecutionProvider" and p.threads == 1 and p.source == "measured"
+    assert p.method == "whole-network fit" and p.calibration["networks"] == 12
+    assert p.validation["samples"] == 6 and p.validation["noise_floor"]["median_gap"] >= 0
+    assert p.calibration["reference_ms"] > 0
+
+
+def test_a_table_is_refused_for_another_runtime_or_hardware(ort_table, tmp_path, capsys):
+    with pytest.raises(ValueError, match="measured in runtime 'onnxruntime', not 'torch'"):
+        latency_model("cpu-here", TINY, ort_table)
+    with pytest.raises(ValueError, match="is for hardware 'cpu-here', not 'cpu-there'"):
+        latency_model("cpu-here".replace("here", "there"), TINY, ort_table, "onnxruntime")
+    out = tmp_path / "out"
+    proc = run_nas_inprocess(capsys, "search", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                             "--set", "hardware=cpu-here", "--set", f"latency_table={ort_table}",
+                             "--set", "target=1.0", "--set", "arch.regularizer=add#linear", "--out", str(out))
+    assert_one_line_error(proc, "runtime 'onnxruntime', not 'torch'")
+    assert not out.exists()
+
+
+def test_search_and_derived_latency_in_a_runtime(ort_table, tmp_path, capsys):
+    """A search priced in ONNX Runtime runs and records its runtime; the derived net measured on this node is timed
+    in ONNX Runtime (the table's own way), a kit device's only predicted."""
+    lo, hi = latency_model("cpu-here", TINY, ort_table, "onnxruntime").bounds()
+    out = tmp_path / "s"
+    proc = run_nas_inprocess(capsys, "search", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                             "--set", "hardware=cpu-here", "--set", "runtime=onnxruntime",
+                             "--set", f"latency_table={ort_table}", "--set", f"target={(lo + hi) / 2:.6f}",
+                             "--set", "arch.regularizer=add#linear", "--set", "epochs=2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["runtime"] == "onnxruntime" and result["hardware"] == "cpu-here"
+
+
+def test_official_table_answers_only_to_pixel1(reference_dir, tmp_path, capsys):
+    yaml_path = str(reference_dir / "mobile_trim.yaml")
+    with pytest.raises(ValueError, match="its hardware is 'pixel1', not 'cuda-nvidia-h100'"):
+        latency_model("cuda-nvidia-h100", TINY, yaml_path, "litert")
+    out = tmp_path / "t.parquet"
+    proc = run_nas_inprocess(capsys, "latency", "import", yaml_path, "--format", "proxyless-yaml", "--hardware",
+                             "cuda-nvidia-h100", "--out", str(out))
+    assert_one_line_error(proc, "'pixel1'")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="measured in runtime 'litert', not 'torch'"):
+        latency_model("pixel1", PROXYLESS_IMAGENET)
+    assert latency_model("pixel1", PROXYLESS_IMAGENET, runtime="litert").provenance["runtime"] == "litert"
