@@ -75,7 +75,8 @@ def default_provider(runtime: str) -> str | None:
 
 
 def _input(shape: Sequence, dtype=np.float32) -> np.ndarray:
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]  # a dynamic batch axis runs at batch 1
+    # a dynamic batch axis (None, a name, -1) runs at batch 1; LiteRT gives its shape as numpy integers
+    dims = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in shape]
     return np.random.default_rng(0).standard_normal(dims).astype(dtype)
 
 
