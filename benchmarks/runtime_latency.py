@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="proxyless-imagenet")
     ap.add_argument("--runtimes", default="torch,onnxruntime,openvino,litert")
+    ap.add_argument("--build-networks", type=int, default=60, help="Calibration networks of each build.")
+    ap.add_argument("--build-validate", type=int, default=30, help="Held-out networks of each build's own record.")
     ap.add_argument("--kit-networks", type=int, default=50, help="Calibration networks of each kit.")
     ap.add_argument("--kit-validate", type=int, default=30, help="Held-out networks inside each kit.")
     ap.add_argument("--samples", type=int, default=30, help="Held-out networks every table is scored on.")
@@ -121,7 +123,7 @@ def main() -> None:
     space = get_space(args.space)
     profile = default_profile("cpu")
     sizes = [int(n) for n in args.sizes.split(",") if int(n) <= args.kit_networks]
-    report: dict = {"space": space.name, "machine": profile.name, "cores": os.cpu_count(), "runtimes": {},
+    report: dict = {"args": vars(args), "space": space.name, "machine": profile.name, "cores": os.cpu_count(), "runtimes": {},
                     "loadavg_start": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="runtime-latency-"))
     torch_tables: dict[str, LatencyTable] = {}
@@ -136,10 +138,11 @@ def main() -> None:
             r: dict = {"version": None if runtime == "torch" else kit_runner.runtime_version(runtime)}
             t0 = time.time()
             built = build_table(space, profile, default_config("cpu", runtime=runtime), use_ray=False,
-                                calibration=CalibrationConfig())
+                                calibration=CalibrationConfig(networks=args.build_networks,
+                                                              validate=args.build_validate))
             r["build_seconds"] = time.time() - t0
             cal = built.provenance.calibration
-            r["build_measurements"] = (cal.get("measurements") or cal["networks"] + 30)
+            r["build_measurements"] = cal.get("measurements") or cal["networks"] + args.build_validate
             if runtime == "torch":
                 torch_tables["torch"] = built
             # the kit: written, measured by its runner (torch: fitted from whole passes of the same networks)

@@ -27,12 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from orchestrator import storage
 from orchestrator.arch import Arch
+from orchestrator.blocks import init_weights
+from orchestrator.export import export_onnx
 from orchestrator.latency import calibrate, kit_runner
 from orchestrator.latency.fit import DEFAULT_RIDGE, fit_whole_networks, score_networks
 from orchestrator.latency.hardware import device_profile
 from orchestrator.latency.table import LatencyTable, Provenance, preview_keys, utc_now
+from orchestrator.network import build_net
 from orchestrator.spaces import SearchSpace, get_space
 
 __all__ = ["KitFormat", "KIT_FORMATS", "write_kit", "read_results", "import_kit", "export_network",
@@ -60,18 +65,19 @@ def kit_archs(space: SearchSpace, networks: int, validate: int, seed: int = 0,
 
 def export_network(arch: Arch, path: Path, fmt: str) -> list[int]:
     """Export the standalone network of ``arch`` (random weights, eval mode) to ``path``; returns its input shape."""
-    from orchestrator.network import build_net
-
-    net = build_net(arch).eval()
+    seed = int(hashlib.sha256(arch.encode().encode()).hexdigest()[:8], 16)
+    with torch.random.fork_rng(devices=[]):  # the same weights for the same arch, the caller's RNG untouched
+        torch.manual_seed(seed)
+        net = build_net(arch)
+        # The training init zeroes the last BN gamma of residual branches: such a block then adds exactly 0, and
+        # a converter folds it away (TFLite did, silently). Time networks in which every block computes.
+        init_weights(net, zero_last_gamma=False)
+    net.eval()
     space = net.space
     shape = [1, space.in_channels, space.resolution, space.resolution]
     if fmt == "onnx":
-        from orchestrator.export import export_onnx
-
         export_onnx(net, path)
     elif fmt == "tflite":
-        import torch
-
         try:
             import litert_torch
         except ImportError:
@@ -146,8 +152,6 @@ def write_kit(space: SearchSpace, fmt: str, out: str | Path, networks: int = DEF
 
 
 def _versions() -> dict:
-    import torch
-
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"torch": torch.__version__}
