@@ -14,10 +14,11 @@ FROM rayproject/ray:2.60.0-py311-gpu
 USER ray
 WORKDIR /home/ray/app
 
-# The same install step as the Makefile: the project and its pinned dependencies from pyproject.toml.
+# The same install step as the Makefile: the project and its pinned dependencies from pyproject.toml, with the
+# deployment runtimes a node measures latency tables in (`nas latency build --runtime openvino|litert`).
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 orchestrator ./orchestrator
-RUN python -m pip install --no-cache-dir . \
+RUN python -m pip install --no-cache-dir '.[runtimes]' \
  && python -c "import ray, torch, mlflow, orchestrator; assert ray.__version__ == '2.60.0', ray.__version__"
 
 # Entry points that jobs run (`ray job submit --working-dir .` overrides them with the submitter's checkout).

@@ -127,7 +127,7 @@ def test_dockerfile_base_is_pinned_official_ray_gpu_image_matching_pyproject():
 def test_dockerfile_installs_project_like_the_makefile_as_non_root_without_secrets():
     ins = _dockerfile_instructions()
     runs = " ".join(a for i, a in ins if i == "RUN")
-    assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), runs  # `pip install .`
+    assert re.search(r"pip install (--no-cache-dir )?'?\.(\[runtimes\])?'?(\s|$)", runs), runs  # `pip install .`
     copies = " ".join(a for i, a in ins if i == "COPY")
     assert "pyproject.toml" in copies and "orchestrator" in copies
     users = [a for i, a in ins if i == "USER"]

@@ -322,3 +322,19 @@ def test_tflite_kit_measured_by_litert_without_torch_imports_and_validates(tmp_p
     assert (p.runtime, p.hardware_kind, p.calibration["format"]) == ("litert", "device", "tflite")
     assert p.runtime_version == version("ai-edge-litert")
     assert p.validation["samples"] == 6 and p.validation["noise_floor"] is not None
+
+
+def test_a_fit_below_the_goal_imports_with_a_warning_naming_its_figures(onnx_kit, tmp_path, capsys):
+    """Results that no sum of entries explains (random figures) still import, with the warning on stderr."""
+    import random
+
+    rng = random.Random(0)
+    files = [n["file"] for n in json.loads((onnx_kit / "manifest.json").read_text())["networks"]]
+    res = tmp_path / "random.csv"
+    res.write_text(_results(onnx_kit, [(f, f"{rng.uniform(1, 100):.3f}") for f in files]))
+    out = tmp_path / "t.parquet"
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(onnx_kit), "--results", str(res),
+                             "--hardware", "noisy-box", "--runtime", "onnxruntime", "--out", str(out))
+    assert proc.returncode == 0 and out.exists()
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "misses the goal" in warning[0] and "within ±10%" in warning[0], proc.stderr

@@ -205,3 +205,36 @@ def test_retrain_refuses_bad_input_before_ray(tmp_path):
     assert_one_line_error(run_nas("retrain", "--arch", "tiny:bogus", "--config", str(recipe)), "unknown op token")
     assert_one_line_error(run_nas("retrain", "--arch", "tiny:k3e3.zero/k5e6.zero", "--config", str(recipe),
                                   "--set", "lr=-1"), "retrain.lr: must be positive")
+
+
+@pytest.mark.slow
+def test_sweep_over_a_kit_device_records_predicted_latency(mlflow_server, tmp_path):
+    """A grid entry on a kit device (a table fitted from a kit measured with ONNX Runtime): the trial's derived net
+    gets the table's prediction, never a cluster node's timing, and MLflow says so (``nas.latency_source``)."""
+    from mlflow import MlflowClient
+
+    from orchestrator.latency.kit import write_kit
+    from orchestrator.spaces import TINY as TINY_SPACE
+
+    kit = tmp_path / "kit"
+    write_kit(TINY_SPACE, "onnx", kit, networks=6, validate=3)
+    runner = subprocess.run([sys.executable, str(kit / "run_kit.py"), "--runtime", "onnxruntime", "--min-rounds",
+                             "4", "--max-rounds", "4"], capture_output=True, text=True, timeout=300)
+    assert runner.returncode == 0, runner.stderr
+    table = tmp_path / "edge-ort.parquet"
+    imported = run_nas("latency", "import", "--kit", str(kit), "--results", str(kit / "results.csv"),
+                       "--hardware", "edge-ort", "--out", str(table))
+    assert imported.returncode == 0, imported.stderr
+    grid = [{"hardware": "edge-ort", "runtime": "onnxruntime", "table": str(table), "relative": [0.6]}]
+    cfg = write_sweep(tmp_path / "s.yaml", "sweep-kit", tmp_path / "runs", mlflow_server.tracking_uri, grid=grid,
+                      retrain=None, shared_warmup=False)
+    proc = run_nas("sweep", "--config", str(cfg), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    exp = client.get_experiment_by_name("sweep-kit")
+    (search,) = _runs(client, exp.experiment_id, "search")
+    tags, metrics = search.data.tags, search.data.metrics
+    assert tags["nas.latency_source"] == "predicted" and tags["nas.runtime"] == "onnxruntime"
+    latency = json.loads(Path(client.download_artifacts(search.info.run_id, "latency.json", str(tmp_path))).read_text())
+    assert latency["latency_source"] == "predicted" and latency["method"] == "table-estimate"
+    assert latency["node"] == {} and metrics["measured_latency"] == pytest.approx(latency["predicted"])
