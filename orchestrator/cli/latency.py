@@ -166,8 +166,8 @@ def kit(space_name: str, fmt: str, networks: int, validate_n: int, seed: int, va
 @click.option("--hardware", default=None,
               help="The name the table is known by: pixel1 for the official table; a kit device's own name "
                    "(e.g. pixel7-litert) for a kit.")
-@click.option("--space", "space_name", default="proxyless-imagenet", show_default=True,
-              help="The official table's space.")
+@click.option("--space", "space_name", default=None,
+              help="The official table's space [default: proxyless-imagenet]; a kit names its own.")
 @click.option("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
 @click.option("--out", "out", required=True, help="Table URI: a path or s3://bucket/key.")
 def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str | None, runtime: str | None,
@@ -180,6 +180,8 @@ def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str
             raise ValueError("give either FILE --format proxyless-yaml or --kit with --results, not both")
         if results is None or hardware is None:
             raise ValueError("--kit needs --results FILE and --hardware NAME")
+        if space_name is not None:
+            raise ValueError("--space belongs to the official table: a kit's manifest names its space")
         from orchestrator.latency.kit import below_goal, import_kit
         from orchestrator.latency.runner import describe
 
@@ -202,7 +204,7 @@ def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str
     from orchestrator.latency.official import OFFICIAL_HARDWARE, import_proxyless_yaml
 
     hardware = hardware or OFFICIAL_HARDWARE
-    space = get_space(space_name)
+    space = get_space(space_name or "proxyless-imagenet")
     table = import_proxyless_yaml(file, hardware, space, endpoint)
     table.to_model(space)
     table.save(out, endpoint)

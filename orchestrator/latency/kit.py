@@ -14,15 +14,19 @@ table on the calibration networks (``fit.fit_whole_networks``) and validates it 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,15 +82,44 @@ def export_network(arch: Arch, path: Path, fmt: str) -> list[int]:
     if fmt == "onnx":
         export_onnx(net, path)
     elif fmt == "tflite":
-        try:
+        if importlib.util.find_spec("litert_torch") is None:
+            raise ValueError("the tflite format needs the LiteRT converter: pip install 'orchestrator[tflite]'")
+        with _converter_output() as log_file:  # hundreds of lines from its import and run (Python and C++)
             import litert_torch
-        except ImportError:
-            raise ValueError("the tflite format needs the LiteRT converter: pip install 'orchestrator[tflite]'") from None
-        edge = litert_torch.convert(net, (torch.zeros(shape),))
-        edge.export(str(path))
+
+            try:
+                litert_torch.convert(net, (torch.zeros(shape),)).export(str(path))
+            except Exception as e:  # the converter's own exception types; its log names the cause
+                raise ValueError(f"TFLite conversion of {arch.encode()} failed: {e} (converter log: "
+                                 f"{log_file})") from None
     else:
         raise ValueError(f"unknown kit format {fmt!r} (known: {', '.join(KIT_FORMATS)})")
     return shape
+
+
+@contextlib.contextmanager
+def _converter_output() -> Iterator[str]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C++ logging too) to a log file while
+    a converter runs; the file is removed when the conversion succeeds."""
+    fd, name = tempfile.mkstemp(prefix="nas-tflite-", suffix=".log")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    ok = False
+    try:
+        yield name
+        ok = True
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+        if ok:
+            os.unlink(name)
 
 
 def fingerprint(space: SearchSpace, fmt: str, cal: list[Arch], val: list[Arch]) -> str:
