@@ -123,7 +123,8 @@ def main() -> None:
     space = get_space(args.space)
     profile = default_profile("cpu")
     sizes = [int(n) for n in args.sizes.split(",") if int(n) <= args.kit_networks]
-    report: dict = {"args": vars(args), "space": space.name, "machine": profile.name, "cores": os.cpu_count(), "runtimes": {},
+    report: dict = {"args": vars(args), "space": space.name, "machine": profile.name, "cores": os.cpu_count(),
+                    "runtimes": {},
                     "loadavg_start": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="runtime-latency-"))
     torch_tables: dict[str, LatencyTable] = {}

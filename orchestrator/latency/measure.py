@@ -106,8 +106,9 @@ class MeasureConfig:
             raise ValueError(f"unknown runtime {self.runtime!r} (known: torch, {', '.join(RUNTIMES)})")
         if self.runtime == "torch" and self.provider is not None:
             raise ValueError("--provider names a deployment runtime's execution provider; torch has none")
-        if self.runtime != "torch" and self.dtype != "float32":  # (``method`` and ``repeats`` go unused there)
-            raise ValueError(f"runtime {self.runtime} times whole float32 networks: --dtype does not apply")
+        if self.runtime != "torch" and (self.dtype != "float32" or self.batch_size != 1):  # as the kit runner
+            raise ValueError(f"runtime {self.runtime} times whole float32 networks at batch 1: --dtype and "
+                             f"--batch-size do not apply")  # (nor ``method`` and ``repeats``: unused there)
 
     def space_at_resolution(self, space: SearchSpace) -> SearchSpace:
         """The space whose block shapes this measurement uses (the space itself unless a resolution is given)."""

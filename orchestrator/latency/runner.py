@@ -23,7 +23,9 @@ from tqdm import tqdm
 from orchestrator.arch import Arch
 from orchestrator.latency import calibrate, kit_runner
 from orchestrator.latency.calibrate import CalibrationConfig, compare  # noqa: F401  (compare: re-exported)
+from orchestrator.latency.fit import fit_whole_networks, score_networks
 from orchestrator.latency.hardware import DEVICE, HardwareProfile, device_name, known_hardware
+from orchestrator.latency.kit import export_network, kit_archs
 from orchestrator.latency.measure import (
     REFERENCE,
     GroupTiming,
@@ -123,8 +125,6 @@ def measure_runtime_chunk(space_name: str, archs: list[str], cfg: MeasureConfig,
     """Node side of a deployment-runtime build, validation or measurement: export the whole networks (and the
     reference network, under the key ``reference``) in the format ``cfg.runtime`` reads, and time them there
     round-robin (``kit_runner.time_networks``, the code a kit's runner runs on a device)."""
-    from orchestrator.latency.kit import export_network
-
     space = get_space(space_name)
     fmt = kit_runner.FORMATS[cfg.runtime]
     named = [(REFERENCE, reference_arch(space)), *((a, space.parse(a)) for a in archs)]
@@ -295,9 +295,6 @@ def build_runtime_table(space: SearchSpace, profile: HardwareProfile, cfg: Measu
     drawn as a kit draws them, exported in the runtime's format and timed there round-robin with the reference
     network; the entries are fitted from the calibration networks (``latency.fit``) and scored on the others. A
     part then costs what it costs inside the graph the runtime runs (BatchNorm folded, activations fused)."""
-    from orchestrator.latency.fit import fit_whole_networks, score_networks
-    from orchestrator.latency.kit import kit_archs
-
     cal = calibration or CalibrationConfig(networks=0, validate=0)
     if cal.networks < 3:
         raise ValueError(f"a {cfg.runtime} table is fitted from whole networks: --calibrate must be at least 3, "
@@ -332,15 +329,15 @@ def build_runtime_table(space: SearchSpace, profile: HardwareProfile, cfg: Measu
     table = LatencyTable(prov, fit.entries)
     if val_archs:
         table = table.with_provenance(validation=_runtime_record(table, [a.encode() for a in val_archs], timed,
-                                                                 cal.validation_seed, score_networks))
+                                                                 cal.validation_seed))
         log.info("%s (%s) on %s: %s", profile.name, cfg.runtime, space.name, describe(table.provenance.validation))
     return table
 
 
-def _runtime_record(table: LatencyTable, archs: list[str], timed: dict, seed: int, score) -> dict:
+def _runtime_record(table: LatencyTable, archs: list[str], timed: dict, seed: int) -> dict:
     space = table.space()
-    figures = score(table.to_model(space), table.to_model(space, plain=True), archs, [timed[a][0] for a in archs],
-                    [timed[a][1] for a in archs])
+    figures = score_networks(table.to_model(space), table.to_model(space, plain=True), archs,
+                             [timed[a][0] for a in archs], [timed[a][1] for a in archs])
     return {"created": utc_now(), "seed": seed, "stream": f"{calibrate.VALIDATION}:{seed}", "sampling": "spread",
             **figures}
 
@@ -439,11 +436,9 @@ def validate_table(table: LatencyTable, samples: int, seed: int, use_ray: bool, 
     desc = f"validate {profile.name}"
     results = run_ray(jobs, profile, cfg, desc) if use_ray else run_local(jobs, desc)
     if runtime:
-        from orchestrator.latency.fit import score_networks
-
         refs = [r.whole[REFERENCE]["ms"] for r in results]
         record = _runtime_record(table, [a.encode() for a in archs], _scaled_whole(results, reference_ms(table)),
-                                 seed, score_networks)
+                                 seed)
         record["drift"] = float(np.median(refs)) / reference_ms(table) - 1.0
     else:
         record = validation_record(table, [r.group for r in results], seed)

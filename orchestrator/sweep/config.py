@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from orchestrator.cluster_checks import check_worker_shape
 from orchestrator.latency.profiles import RUNTIMES
 from orchestrator.retrain import RetrainConfig, retrain_config_from_dict

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "FORMATS", "KIT_FORMATS", "DEFAULT_CALIBRATION", "DEFAULT_VALIDATION", "load_network", "runtime_version", "time_networks", "write_results", "main"]
+__all__ = ["RUNTIMES", "FORMATS", "KIT_FORMATS", "DEFAULT_CALIBRATION", "DEFAULT_VALIDATION", "load_network",
+           "runtime_version", "time_networks", "write_results", "main"]
 
 RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorrt")
 # The file format each runtime reads (``tensorrt`` here is ONNX Runtime's TensorRT execution provider).
