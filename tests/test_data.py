@@ -19,7 +19,13 @@ from orchestrator.data.manifest import MANIFEST, load_manifest
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
 from orchestrator.data.source import DataSpec, open_splits
 from orchestrator.storage import resolve
-from orchestrator.data.transforms import eval_transform, train_transform
+from orchestrator.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    normalize_images,
+    train_transform,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAS = str(ROOT / ".venv" / "bin" / "nas")
@@ -142,14 +148,22 @@ def test_resume_mid_epoch_and_any_number_of_loader_workers_give_the_same_batches
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not torch.equal(full[0][0], full[4][0])  # epochs differ
 
-def test_transforms_give_the_resolution_and_imagenet_normalisation(tree):
+def test_transforms_give_uint8_at_the_resolution_and_the_device_side_imagenet_normalisation(tree):
     from PIL import Image
 
     img = Image.open(next((tree / "ant").iterdir()))
     for tf in (train_transform(20), eval_transform(20)):
         x = tf(img)
-        assert x.shape == (3, 20, 20) and x.dtype == torch.float32 and x.min() < 0
+        assert x.shape == (3, 20, 20) and x.dtype == torch.uint8  # 1 byte a pixel to the device
+        z = normalize_images(x)
+        assert z.dtype == torch.float32 and z.min() < 0 < z.max()
+        assert torch.allclose(z * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
+                              x / 255.0, atol=1e-6)
     assert torch.equal(eval_transform(20)(img), eval_transform(20)(img))  # deterministic for α steps and eval
+    with pytest.raises(ValueError, match="expected uint8 images, got torch.float32"):
+        normalize_images(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match=r"expected \(\.\.\., 3, H, W\) images, got shape \(1, 4, 4\)"):
+        normalize_images(torch.zeros(1, 4, 4, dtype=torch.uint8))
 
 
 # ---- preparing and reading shards -------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ an epoch's read order, and how to load given positions. A ``Feed`` turns a split
 - **Parallel decode that overlaps compute.** Batches are built in DataLoader worker processes (``workers``), each
   prepares ``prefetch`` batches ahead; worker ``w`` builds batches ``start + w``, ``start + w + W``, ... and the
   DataLoader hands them out in order, so the sequence does not depend on the number of workers.
+- **uint8 to the device.** JPEG data (ImageFolder, shards) leaves the loader processes as uint8 batches, in pinned
+  memory when the feed is for a CUDA device (``pin_memory``; in this process too when there are no loader
+  processes); ``Runtime.batch`` copies them asynchronously and normalises them on the device. The digits stay
+  float tensors in memory.
 - **Exact resume.** ``stream(start)`` begins at any global batch; the random augmentation of a batch is seeded by
   (seed, stream, epoch, rank, batch), so a resumed run sees the same pixels as an uninterrupted one, whatever
   the number of loader workers. (With another world size every rank's share changes: see the README.)
@@ -117,6 +121,12 @@ def load_batch(rows: Any, positions: np.ndarray, seed: int) -> Batch:
         return _collate(rows.load(positions))
 
 
+def _pinned(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Batches copied into page-locked memory (what the DataLoader's pinning thread does for loader processes)."""
+    for x, y in batches:
+        yield x.pin_memory(), y.pin_memory()
+
+
 class _EpochBatches(IterableDataset):
     """The batches ``start..`` of one epoch of one rank; DataLoader worker ``w`` of ``W`` builds ``start+w+kW``."""
 
@@ -166,7 +176,7 @@ class Feed:
                            (self.seed, self.name, epoch, self.rank))
         workers = min(self.workers, max(0, self.batches_per_epoch - start))
         if workers == 0:
-            return iter(ds)
+            return _pinned(iter(ds)) if self.pin_memory and torch.cuda.is_available() else iter(ds)
         # A generator of its own: the DataLoader would otherwise draw its workers' base seed from the process's
         # global RNG, and a resumed run's later global draws (dropout) would differ from an uninterrupted one's.
         gen = torch.Generator(device="cpu").manual_seed(_seed(self.seed, self.name, epoch, self.rank, start))

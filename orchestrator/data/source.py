@@ -10,7 +10,9 @@ Three kinds of data, one spec:
 class names of a separate validation set, a readable manifest) and returns the weight-training split, the
 held-out split (architecture steps; ``holdout_per_class`` images of every class taken from the training set, as
 ProxylessNAS takes 50 per class from ImageNet's train set) and the validation split. A retrain trains on the
-weight-training and held-out splits together. ``Feed`` (``data.feed``) turns a split into one rank's batches.
+weight-training and held-out splits together. ``Feed`` (``data.feed``) turns a split into one rank's batches:
+uint8 images for ``imagefolder`` and ``shards`` (normalised on the device by ``Runtime.batch``), float tensors for
+the digits.
 """
 
 from __future__ import annotations

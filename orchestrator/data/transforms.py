@@ -1,8 +1,14 @@
-"""The standard ImageNet transforms (torchvision ``transforms.v2``) and the image decoder shared by all readers.
+"""The standard ImageNet transforms (torchvision ``transforms.v2``), the image decoder shared by all readers, and
+the one conversion of a uint8 batch into the normalised float tensor a step reads.
 
 Weight steps see RandomResizedCrop + horizontal flip, optionally with the official colour distortion;
-architecture steps (the held-out split) and validation see Resize + CenterCrop, as ProxylessNAS does. Both end
-in ImageNet's mean/std normalisation and take either a PIL image (ImageFolder) or a decoded uint8 tensor (shards).
+architecture steps (the held-out split) and validation see Resize + CenterCrop, as ProxylessNAS does. Both take
+either a PIL image (ImageFolder) or a decoded uint8 tensor (shards) and give a (3, R, R) **uint8** tensor: every
+geometric and colour operation already ran on uint8 pixels, so JPEG batches travel from the loader processes to the
+device at 1 byte a pixel. ImageNet's mean/std normalisation runs on the device, in ``normalize_images`` (called by
+``Runtime.batch`` for every uint8 batch of search, warm-up, evaluation and retrain), with the very operations of
+``v2.ToDtype(float32, scale=True)`` followed by ``v2.Normalize``: the steps read the same float pixels as when the
+loader processes normalised (``tests/test_numerics.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,28 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.875  # 224 of 256, the usual eval crop
+
+
+def pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as float32 (3, 1, 1) tensors on ``device``, for ``normalize_images``."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return mean, std
+
+
+def normalize_images(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) to ImageNet-normalised float32 on their own device, keeping their memory format.
+
+    The operations of ``v2.ToDtype(torch.float32, scale=True)`` then ``v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)``
+    in the same order (convert, multiply by 1/255, subtract the mean, divide by the std), each correctly rounded in
+    float32, so the result equals the old loader-side normalisation bit for bit on the CPU. ``stats`` are
+    ``pixel_stats(x.device)``, passed in so that a step does not copy them to the device every time."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"normalize_images: expected uint8 images, got {x.dtype}")
+    if x.dim() < 3 or x.shape[-3] != 3:
+        raise ValueError(f"normalize_images: expected (..., 3, H, W) images, got shape {tuple(x.shape)}")
+    mean, std = stats if stats is not None else pixel_stats(x.device)
+    return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 def _check(resolution: int) -> None:
@@ -33,9 +61,11 @@ COLOR_JITTER: dict[str, dict[str, float] | None] = {
 
 
 def train_transform(resolution: int, color_jitter: str = "none") -> v2.Compose:
-    """Random-resized crop, flip and optional colour distortion (``none | normal | strong``) for weight training.
+    """Random-resized crop, flip and optional colour distortion (``none | normal | strong``) for weight training,
+    to a (3, R, R) uint8 tensor (``normalize_images`` makes it float on the device).
 
-    The jitter runs after the flip, on the uint8 image, as the official code's ``ColorJitter`` on the PIL image."""
+    The crop resizes uint8 pixels (as it did when this transform ended in float normalisation); the jitter runs
+    after the flip, on the uint8 image, as the official code's ``ColorJitter`` on the PIL image."""
     _check(resolution)
     if color_jitter not in COLOR_JITTER:
         raise ValueError(f"color_jitter must be one of {', '.join(COLOR_JITTER)}, got {color_jitter!r}")
@@ -45,13 +75,12 @@ def train_transform(resolution: int, color_jitter: str = "none") -> v2.Compose:
         v2.RandomResizedCrop(resolution, scale=(0.08, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         *([v2.ColorJitter(**jitter)] if jitter else []),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 
 def eval_transform(resolution: int, crop_fraction: float = CROP_FRACTION) -> v2.Compose:
-    """Resize the short side to resolution/crop_fraction, then a centre crop: deterministic, for α steps and eval."""
+    """Resize the short side to resolution/crop_fraction, then a centre crop, to a (3, R, R) uint8 tensor:
+    deterministic, for α steps and eval."""
     _check(resolution)
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
@@ -59,8 +88,6 @@ def eval_transform(resolution: int, crop_fraction: float = CROP_FRACTION) -> v2.
         v2.ToImage(),
         v2.Resize(int(math.ceil(resolution / crop_fraction)), antialias=True),
         v2.CenterCrop(resolution),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 

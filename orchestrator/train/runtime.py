@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.data.transforms import normalize_images, pixel_stats
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -126,6 +128,8 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = field(default_factory=Precision)
     comm: Comm = field(default_factory=Comm)
+    _pixel_stats: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
+                                                                    compare=False)
 
     @property
     def rank(self) -> int:
@@ -140,10 +144,18 @@ class Runtime:
         return self.device.type == "cuda"
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch moved to the device (asynchronously from pinned memory), in the configured memory format."""
+        """A batch moved to the device (asynchronously from pinned memory), in the configured memory format.
+
+        The one place where images become what a step reads: uint8 images (JPEG data: ImageFolder and shards)
+        cross to the device at 1 byte a pixel and are normalised there (``normalize_images``); float images (the
+        embedded digits, already normalised) are only moved."""
         x = x.to(self.device, non_blocking=True)
         if self.precision.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if x.dtype == torch.uint8:
+            if self._pixel_stats is None:
+                self._pixel_stats = pixel_stats(self.device)
+            x = normalize_images(x, self._pixel_stats)
         return x, y.to(self.device, non_blocking=True)
 
     def module(self, m: nn.Module) -> nn.Module:
