@@ -343,3 +343,26 @@ def test_a_fit_below_the_goal_imports_with_a_warning_naming_its_figures(onnx_kit
     assert proc.returncode == 0 and out.exists()
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warning) == 1 and "misses the goal" in warning[0] and "within ±10%" in warning[0], proc.stderr
+
+
+def test_validate_a_runtime_table_on_new_held_out_networks(ort_table, capsys):
+    """`nas latency validate` times new held-out networks in the table's runtime and scores its entries."""
+    proc = run_nas_inprocess(capsys, "latency", "validate", "--table", ort_table, "--samples", "4", "--seed", "5",
+                             "--local", "--json")
+    assert proc.returncode == 0, proc.stderr
+    v = json.loads(proc.stdout)
+    assert v["samples"] == 4 and v["seed"] == 5 and v["drift"] is not None and v["noise_floor"] is not None
+    assert not set(v["archs"]) & set(LatencyTable.load(ort_table).provenance.calibration["archs"])
+
+
+def test_plain_results_of_a_tflite_kit_need_no_runtime(tmp_path, capsys):
+    """Only LiteRT reads TFLite files, so a plain `file,ms` CSV of a TFLite kit (benchmark_model's figures typed
+    in) imports as litert without --runtime."""
+    files = [n["file"] for n in json.loads((TFLITE_KIT / "manifest.json").read_text())["networks"]]
+    res = tmp_path / "bm.csv"
+    res.write_text(_results(TFLITE_KIT, [(f, 3.0 + i / 7) for i, f in enumerate(files)]))
+    out = tmp_path / "t.parquet"
+    proc = run_nas_inprocess(capsys, "latency", "import", "--kit", str(TFLITE_KIT), "--results", str(res),
+                             "--hardware", "pixel7-litert", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert LatencyTable.load(str(out)).provenance.runtime == "litert"

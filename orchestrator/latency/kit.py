@@ -290,6 +290,9 @@ def import_kit(kit: str | Path, results_uri: str, hardware: str, runtime: str | 
     if runtime and named and runtime != named:
         raise ValueError(f"--runtime {runtime} but {results_uri} was measured in {named}")
     runtime = runtime or named
+    readers = [r for r, f in kit_runner.FORMATS.items() if f == manifest["format"]]
+    if not runtime and len(readers) == 1:  # one runtime reads this format (TFLite: LiteRT): no other could have
+        runtime = readers[0]
     if not runtime:
         raise ValueError(f"{results_uri} does not say which runtime measured it: give --runtime "
                          f"({', '.join(kit_runner.RUNTIMES)})")
