@@ -8,8 +8,9 @@ discretisation of latency: a dynamic programme over blocks keeps, for every pref
 as fast and at least as probable (so anything the removed one could become, the other can become too, no slower
 and no less probable). A state that cannot fit the budget whatever the remaining blocks take (its latency plus an
 exact lower bound on the rest exceeds the budget) is dropped as well. Latencies are summed in block order, the
-order ``LatencyModel.exact`` uses, so without pairwise terms the reported latency equals ``exact(arch)`` bit for
-bit and the budget test is the one a user would make.
+order ``LatencyModel.total`` defines for ``exact`` and ``bounds`` (the blocks from 0.0, then the fixed part), so
+without pairwise terms the reported latency equals ``exact(arch)`` bit for bit, the fastest net's latency equals
+``bounds()[0]``, and the budget test is the one a user would make.
 
 Ties: among architectures of equal log-probability the faster one is returned, so a tighter budget never
 returns a slower net.
@@ -166,8 +167,9 @@ class _Problem:
         return self.pair[b - 1][last][:, cands]
 
     def fastest(self) -> float:
-        """Exact minimum latency, summed in the same order as ``front`` (rounding is monotone, so the minimum of
-        the per-prefix minima is the minimum over architectures)."""
+        """Exact minimum latency, summed in the same order as ``front`` and ``LatencyModel.total`` (rounding is
+        monotone, so the minimum of the per-prefix minima is the minimum over architectures, and without pairwise
+        terms it equals ``LatencyModel.bounds()[0]`` bit for bit)."""
         best = np.zeros(1)
         last = np.zeros(1, dtype=np.int64)
         for b in range(self.lp.shape[0]):

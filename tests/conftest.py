@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -71,3 +72,37 @@ def run_nas_inprocess(capsys, *args: str):
         code = e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return subprocess.CompletedProcess(["nas", *args], code, out.out, out.err)
+
+
+def net_config_counts(cfg: dict, resolution: int = 224) -> tuple[int, int]:
+    """Parameters and multiply-accumulates of an official ``net.config``, counted by hand from its JSON alone (no
+    project code): the official layers' shapes (``MBInvertedConvLayer``: a 1x1 expansion to round(in × expand)
+    channels unless expand is 1, a k×k depthwise conv with the stride, a 1x1 projection; every conv bias-free and
+    followed by BN, 2 parameters per channel; ``ZeroLayer`` blocks add nothing; "same" padding), the classifier
+    with its bias. MACs are the convolutions' and the classifier's multiplications."""
+    params = macs = 0
+
+    def conv(cin: int, cout: int, k: int, stride: int, side: int, groups: int = 1) -> int:
+        nonlocal params, macs
+        out = math.ceil(side / stride)
+        params += cin // groups * cout * k * k + 2 * cout
+        macs += cin // groups * cout * k * k * out * out
+        return out
+
+    first = cfg["first_conv"]
+    side = conv(first["in_channels"], first["out_channels"], first["kernel_size"], first["stride"], resolution)
+    for block in cfg["blocks"]:
+        m = block["mobile_inverted_conv"]
+        if m["name"] == "ZeroLayer":
+            continue
+        mid = round(m["in_channels"] * m["expand_ratio"])
+        if m["expand_ratio"] != 1:
+            conv(m["in_channels"], mid, 1, 1, side)
+        side = conv(mid, mid, m["kernel_size"], m["stride"], side, groups=mid)
+        conv(mid, m["out_channels"], 1, 1, side)
+    mix = cfg["feature_mix_layer"]
+    conv(mix["in_channels"], mix["out_channels"], 1, 1, side)
+    fc = cfg["classifier"]
+    params += fc["in_features"] * fc["out_features"] + (fc["out_features"] if fc["bias"] else 0)
+    macs += fc["in_features"] * fc["out_features"]
+    return params, macs

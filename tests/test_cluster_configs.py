@@ -203,10 +203,19 @@ def test_aws_dashboard_and_mlflow_are_not_public_and_workers_get_tracking_uri_an
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
     assert "start-mlflow.sh s3://" in head_start
-    perms = cfg["provider"].get("security_group", {}).get("IpPermissions", [])
-    for p in perms:  # no extra inbound rule for the dashboard, GCS, client server or MLflow
-        assert not (p.get("FromPort", 0) <= 8265 <= p.get("ToPort", -1)), p
-        assert not (p.get("FromPort", 0) <= 5000 <= p.get("ToPort", -1)), p
+    # The inbound rules `ray up` authorises on the cluster's security group: Ray's defaults (all traffic within the
+    # group, SSH from anywhere) plus the config's own IpPermissions. No node type brings its own group.
+    aws_config = pytest.importorskip("ray.autoscaler._private.aws.config")
+    assert not any("SecurityGroupIds" in t["node_config"] for t in cfg["available_node_types"].values())
+    rules = aws_config._create_default_inbound_rules(
+        {"sg-cluster"}, cfg["provider"].get("security_group", {}).get("IpPermissions", []))
+    outside = [r for r in rules if r.get("IpRanges") or r.get("Ipv6Ranges") or r.get("PrefixListIds")]
+    assert outside and len(rules) > len(outside)  # the SSH rule and the intra-cluster rule both exist
+    for r in outside:  # open to addresses outside the cluster: SSH only, nothing for dashboard, GCS or MLflow
+        assert (r["IpProtocol"], r["FromPort"], r["ToPort"]) == ("tcp", 22, 22), r
+    for r in rules:
+        if r not in outside:
+            assert [p["GroupId"] for p in r["UserIdGroupPairs"]] == ["sg-cluster"], r  # the cluster's own nodes
     assert "node-env.sh" in " ".join(cfg["head_setup_commands"])
     assert "node-env.sh us-west-2 $RAY_HEAD_IP" in " ".join(cfg["worker_setup_commands"])
     assert "$RAY_HEAD_IP:6379" in " ".join(cfg["worker_start_ray_commands"])

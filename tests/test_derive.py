@@ -139,7 +139,7 @@ def test_loose_budget_gives_the_argmax_of_alpha(tiny_model):
 def test_unreachable_budget_is_refused_naming_the_fastest(tiny_model):
     lp = _random_log_probs(tiny_model, 0)
     lo, _ = tiny_model.bounds()
-    assert fastest_latency(tiny_model) == pytest.approx(lo)
+    assert fastest_latency(tiny_model) == lo
     fastest = derive_under_budget(lp, tiny_model, fastest_latency(tiny_model))  # exactly at the fastest: it fits
     assert fastest.predicted_latency == fastest_latency(tiny_model)
     with pytest.raises(ValueError, match=rf"fastest possible is {lo:.6g} MMAC"):
@@ -152,6 +152,36 @@ def test_unreachable_budget_is_refused_naming_the_fastest(tiny_model):
         derive_under_budget(lp[:2], tiny_model, lo * 2)
     with pytest.raises(ValueError, match="positive"):
         derive_under_budget(lp, tiny_model, float("nan"))
+
+
+def _random_model(space, rng: np.random.Generator) -> LatencyModel:
+    """Random costs over many magnitudes (zero stays 0) and a fixed part of another magnitude: the sums whose
+    rounding depends on the order of addition."""
+    mask = np.asarray(space.allowed_mask())
+    costs = rng.uniform(0.0, 1.0, size=mask.shape) * 10.0 ** rng.uniform(-4, 3, size=mask.shape)
+    zero = [i for i, c in enumerate(space.candidates) if c.encode() == "zero"]
+    costs[:, zero] = 0.0
+    costs = np.where(mask, costs, np.nan)
+    fixed = float(rng.uniform(0.0, 1.0) * 10.0 ** rng.uniform(-3, 3))
+    return LatencyModel(space, "random", tuple(map(tuple, costs.tolist())), fixed, unit="u")
+
+
+def test_bounds_and_the_fastest_net_agree_exactly_on_random_models():
+    """One summation order: ``bounds()`` and the derivation's fastest net agree bit for bit on every model, so a
+    target that a sweep accepts (``bounds``) is one derive reaches. Summing the fixed part first, as ``bounds``
+    once did, disagreed on 95 of these 300 models (checked)."""
+    spaces = [get_space("tiny"), get_space("proxyless-imagenet")]
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        model = _random_model(spaces[seed % 2], rng)
+        lo, hi = model.bounds()
+        assert fastest_latency(model) == lo, seed
+        costs = np.where(np.asarray(model.space.allowed_mask()), np.asarray(model.costs), np.inf)
+        fastest = model.space.arch_from_indices([int(i) for i in np.argmin(costs, axis=1)])
+        slowest = model.space.arch_from_indices([int(i) for i in np.argmax(np.nan_to_num(costs, posinf=-1), 1)])
+        assert model.exact(fastest) == lo and model.exact(slowest) == hi, seed
+        d = derive_under_budget(_random_log_probs(model, seed), model, lo)  # the bound itself is a valid budget
+        assert d.predicted_latency == lo == model.exact(d.arch), seed
 
 
 def test_derive_is_fast_on_the_imagenet_space():

@@ -16,10 +16,12 @@ from orchestrator.netconfig import load_net_config, to_net_config
 from orchestrator.network import build_net
 from orchestrator.spaces import get_space
 from orchestrator.supernet import ArchLogits, Supernet
+from tests.conftest import net_config_counts
 
 # Parameter counts and MACs at 224 px of the four published ProxylessNAS nets, as released in their net.config
-# files. The paper and model zoo round them: Mobile 4.1M params / 320M MACs, GPU 7.1M / 465M, CPU 4.4M / 439M,
-# Mobile-1.4 6.9M / 581M.
+# files: counted by hand from each file's JSON (``net_config_counts``, no project code; the test below checks
+# that count against these numbers). The paper and model zoo round them: Mobile 4.1M params / 320M MACs,
+# GPU 7.1M / 465M, CPU 4.4M / 439M, Mobile-1.4 6.9M / 581M.
 PUBLISHED = {
     "proxyless_mobile.config": (4_080_512, 320_427_584),
     "proxyless_cpu.config": (4_361_648, 439_243_864),
@@ -39,6 +41,7 @@ def test_published_net_params_and_macs(reference_dir, name):
     arch = load_net_config(reference_dir / name)
     net = build_net(arch)
     params, macs = count_params(net), count_macs(net, 224)
+    assert net_config_counts(json.loads((reference_dir / name).read_text())) == PUBLISHED[name]  # independent
     assert (params, macs) == PUBLISHED[name]
     assert (round(params / 1e6, 1), round(macs / 1e6)) == ROUNDED[name]
 

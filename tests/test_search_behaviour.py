@@ -96,17 +96,20 @@ class _Stop(Exception):
     pass
 
 
-def test_interrupted_and_resumed_search_matches_uninterrupted(tmp_path):
-    c = cfg(TARGETS[1], checkpoint_every=70)  # step 70 lies in the search phase (steps/epoch = 38)
-    path = tmp_path / "checkpoint.pt"
-
+def _crashed_after_first_checkpoint(c: SearchConfig, path) -> dict:
+    """Run ``c`` until its first checkpoint is written to ``path``, stop it there, and read that file back."""
     def crash_after_save(state):
         save_checkpoint(state, path)
         raise _Stop
 
     with pytest.raises(_Stop):
         run_search(c, data(), checkpoint=crash_after_save)
-    saved = load_checkpoint(path)
+    return load_checkpoint(path)
+
+
+def test_interrupted_and_resumed_search_matches_uninterrupted(tmp_path):
+    c = cfg(TARGETS[1], checkpoint_every=70)  # step 70 lies in the search phase (steps/epoch = 38)
+    saved = _crashed_after_first_checkpoint(c, tmp_path / "checkpoint.pt")
     assert saved["step"] == 70 and saved["arch_step"] > 0
     # A different process state must not matter: scramble the global RNG before resuming.
     torch.manual_seed(12345)
@@ -115,6 +118,19 @@ def test_interrupted_and_resumed_search_matches_uninterrupted(tmp_path):
     assert resumed.arch == reference.arch
     assert resumed.alpha_fingerprint == reference.alpha_fingerprint
     assert resumed.curves["loss"] == reference.curves["loss"]
+
+
+def test_official_search_resumes_exactly_with_its_per_block_adam(tmp_path):
+    """Under ``fidelity: official`` α's optimiser keeps a step count per block (``BlockAdam``); its state goes
+    through a checkpoint file (loaded with ``weights_only``) and the resumed search ends with the same α bits."""
+    c = cfg(TARGETS[1], fidelity="official", epochs=3, checkpoint_every=95)  # arch steps from step 77 (epoch 3)
+    saved = _crashed_after_first_checkpoint(c, tmp_path / "checkpoint.pt")
+    assert saved["step"] == 95 and saved["arch_step"] > 0
+    counts = saved["arch_opt"]["state"][0]["step"]
+    assert counts.shape == (len(get_space("tiny").blocks()),) and len(set(counts.tolist())) > 1  # a block sat out
+    resumed = run_search(c, data(), resume=saved)
+    reference = run_search(c, data())
+    assert resumed.alpha_fingerprint == reference.alpha_fingerprint and resumed.arch == reference.arch
 
 
 def test_resume_rejects_another_config(tmp_path):

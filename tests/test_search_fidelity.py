@@ -6,6 +6,7 @@ Toy cases on the ``tiny`` space; nets use ``init.zero_last_gamma: false`` so tha
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,13 +14,16 @@ from torchvision.transforms import v2
 
 from orchestrator.data.transforms import train_transform
 from orchestrator.latency.profiles import latency_model
-from orchestrator.search import arch_step, config_from_dict, init_state, open_data, run_search
+from orchestrator.search import arch_step, config_from_dict, init_state, load_config, open_data, run_search
 from orchestrator.search.fidelity import OFFICIAL, PRESETS, PROJECT
 from orchestrator.search.objective import path_latency, rl_reward
 from orchestrator.search.sampling import generator, sample_path
-from orchestrator.search.steps import arch_update_due, sample_active
+from orchestrator.search.config import mul_log_scale
+from orchestrator.search.driver import search_feeds
+from orchestrator.search.steps import arch_gradient, arch_update_due, arch_updates_after, sample_active
 from orchestrator.spaces import get_space
 from orchestrator.supernet import Supernet
+from tests.conftest import ROOT, assert_one_line_error, run_nas_inprocess
 
 SPACE = get_space("tiny")
 
@@ -140,6 +144,42 @@ def test_reinforce_baseline_after_uses_the_previous_baseline():
     assert state.baseline == pytest.approx(0.99 * b0 + 0.01 * mean, rel=1e-9)
 
 
+# ---- the unit of mul#log ----------------------------------------------------------------------------------------
+
+def test_official_mul_log_takes_the_logarithm_in_raw_macs():
+    """``arch.mul_log_unit: official`` (the official preset) on ``flops``: the loss and ∂L/∂α equal the official
+    computation, in which E[LAT] and the reference are raw MACs (here: a model whose costs are the MACs themselves,
+    under ``profile``). Taking the logarithm in MMAC instead, the ratio log E / log T of this tiny net (0.1 MMAC)
+    would be another number altogether, and the test would fail."""
+    base = {"space": "tiny", "hardware": "flops", "target": 0.15, "epochs": 3, "warmup_epochs": 1, "seed": 1,
+            "arch": {"regularizer": "mul#log", "lr": 0.05, "init_std": 0.5}, "init": {"zero_last_gamma": False}}
+    mmac = latency_model("flops", SPACE)
+    official = init_state(config_from_dict({**base, "fidelity": "official"}), mmac, steps_per_epoch=10)
+    assert official.cfg.arch.mul_log_unit == "official"
+    macs = dataclasses.replace(mmac, costs=tuple(tuple(c * 1e6 for c in r) for r in mmac.costs),
+                               fixed=mmac.fixed * 1e6, unit="MAC")
+    ref = init_state(config_from_dict({**base, "fidelity": "official", "target": 0.15e6},
+                                      ["arch.mul_log_unit=profile"]), macs, steps_per_epoch=10)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    active = sample_active(official)
+    got, want = arch_gradient(official, x, y, active), arch_gradient(ref, x, y, active)
+    assert float(got.expected) == pytest.approx(float(want.expected) / 1e6, rel=1e-6)
+    assert float(got.loss) == pytest.approx(float(want.loss), rel=1e-6)
+    assert torch.allclose(got.alpha_grad, want.alpha_grad, rtol=1e-5, atol=1e-6 * float(want.alpha_grad.abs().max()))
+    # The pressure near the target, β / ln T, is 3.4x weaker than in MMAC at the official reference of 300e6.
+    assert 0.3 / math.log(300e6) == pytest.approx(0.0154, abs=1e-4) and 0.3 / math.log(300) == pytest.approx(0.0526,
+                                                                                                              abs=1e-4)
+    # In MMAC a 0.15 target cannot be a mul#log target (log T < 0); in MACs it can. A unit the official code has
+    # no counterpart of is refused, naming the switch.
+    with pytest.raises(ValueError, match="^target: mul#log divides by log"):
+        config_from_dict(base, ["fidelity=project"])
+    assert (mul_log_scale("MMAC", "official"), mul_log_scale("ms", "official"), mul_log_scale("MMAC", "profile")) \
+        == (1e6, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^arch.mul_log_unit: official units are known for latency models in "):
+        init_state(official.cfg, dataclasses.replace(mmac, unit="us"), steps_per_epoch=10)
+
+
 # ---- schedule -----------------------------------------------------------------------------------------------
 
 def test_arch_update_schedule():
@@ -152,6 +192,55 @@ def test_arch_update_schedule():
     # per epoch after its 3rd, 6th and 9th weight step; never right after the last warm-up step (step 10)
     assert due(off) == [13, 16, 19, 23, 26, 29, 33, 36, 39]
     assert due(on) == [23, 26, 29, 33, 36, 39]
+
+
+def _official_rl_schedule(n_batch: int, updates: int) -> dict[int, int]:
+    """``RLArchSearchConfig.get_update_schedule`` of the official code (``update_per_epoch=False``), rewritten here
+    line by line with its ``get_split_list``: {weight step of the epoch: updates after it}."""
+    seg = [n_batch // updates] * updates
+    for i in range(n_batch % updates):
+        seg[i] += 1
+    for j in range(1, len(seg)):
+        seg[j] += seg[j - 1]
+    return {j - 1: 1 for j in seg}
+
+
+def test_reinforce_per_epoch_schedule_is_the_official_one():
+    base = {"space": "tiny", "target": 0.1, "epochs": 3, "warmup_epochs": 1,
+            "arch": {"regularizer": "add#linear", "algo": "rl", "update_every": 3}}
+    official = config_from_dict({**base, "fidelity": "official"}, ["arch.skip_first_search_epoch=false"])
+    assert (official.arch.rl_schedule, official.arch.rl_updates_per_epoch) == ("per_epoch", 300)
+    assert official.arch.holdout_batch == (1000, "arch.rl_batch_size")  # the official test_batch_size
+    for spe in (1000, 5005, 301, 300, 299, 10, 1):
+        due = {s - spe - 1: arch_updates_after(official, s, spe) for s in range(spe + 1, 2 * spe + 1)}
+        assert {i: n for i, n in due.items() if n} == _official_rl_schedule(spe, 300), spe
+        assert not any(arch_updates_after(official, s, spe) for s in range(1, spe + 1))  # warm-up: none
+    hand = sorted(_official_rl_schedule(1000, 300))  # 100 segments of 4 steps, then 200 of 3
+    assert len(hand) == 300 and hand[:3] == [3, 7, 11] and hand[99:102] == [399, 402, 405] and hand[-1] == 999
+    # The project's schedule, and the gradient algorithm under any preset, follow update_every on arch.batch_size.
+    project = config_from_dict({**base, "fidelity": "project"})
+    assert [s for s in range(11, 21) if arch_updates_after(project, s, 10)] == [13, 16, 19]
+    assert project.arch.holdout_batch == (256, "arch.batch_size")
+    grad = config_from_dict({**base, "fidelity": "official", "arch": {**base["arch"], "algo": "grad"}},
+                            ["arch.skip_first_search_epoch=false"])
+    assert [s for s in range(11, 21) if arch_updates_after(grad, s, 10)] == [13, 16, 19]
+    assert grad.arch.holdout_batch == (256, "arch.batch_size")
+
+
+def test_reinforce_per_epoch_search_takes_its_updates_on_its_batch():
+    base = {"space": "tiny", "hardware": "flops", "target": 0.1, "epochs": 3, "warmup_epochs": 1, "seed": 0,
+            "weight": {"batch_size": 64}, "fidelity": "official",
+            "arch": {"regularizer": "add#linear", "algo": "rl", "rl_samples": 2, "rl_updates_per_epoch": 4,
+                     "rl_batch_size": 40}}
+    both = ["arch.skip_first_search_epoch=false"]
+    cfg = config_from_dict(base, both)
+    data = open_data(cfg)
+    train, holdout = search_feeds(cfg, data)
+    assert holdout.batch_size == 40
+    result = run_search(config_from_dict({**base, "log_every": train.batches_per_epoch}, both), data)
+    assert result.arch_steps == 4 * 2  # 4 per search epoch, 2 search epochs
+    with pytest.raises(ValueError, match="^arch.rl_batch_size: each of 1 worker"):
+        search_feeds(config_from_dict(base, [*both, "arch.rl_batch_size=100000"]), data)
 
 
 def test_no_arch_step_in_the_first_search_epoch_when_switched_on():
@@ -181,18 +270,44 @@ def test_each_preset_sets_every_switch():
 
 
 def test_overlay_precedence():
-    f = {"space": "tiny", "target": 2.0, "fidelity": "official", "arch": {"grad_mode": "two", "lr": 0.01}}
+    f = {"space": "tiny", "target": 2.0, "fidelity": "official", "arch": {"grad_mode": "full_v2", "lr": 0.01}}
     cfg = config_from_dict(f)
-    assert cfg.arch.grad_mode == "two" and cfg.arch.lr == 0.01  # the file's explicit keys win over its preset
+    assert cfg.arch.grad_mode == "full_v2" and cfg.arch.lr == 0.01  # a switch at the preset's own value is fine
     assert cfg.init.linear == "uniform" and cfg.arch.skip_first_search_epoch  # the rest is official
-    cfg = config_from_dict(f, ["fidelity=project"])
+    cfg = config_from_dict({**f, "arch": {"lr": 0.01}}, ["fidelity=project"])  # --set fidelity: every switch
     assert cfg.arch.grad_mode == "two" and cfg.init.linear == "normal" and cfg.arch.lr == 0.01
+    with pytest.raises(ValueError, match=r"^arch.grad_mode: set to 'two' beside fidelity: official"):
+        config_from_dict({**f, "arch": {"grad_mode": "two"}}, ["fidelity=project"])  # the file contradicts itself
     cfg = config_from_dict({"space": "tiny", "target": 2.0, "arch": {"grad_mode": "two"}},
                            ["arch.rl_baseline=after", "fidelity=official"])
     assert cfg.arch.grad_mode == "full_v2" and cfg.arch.rl_baseline == "after"  # --set keys win over --set fidelity
     assert config_from_dict(cfg.to_dict()) == cfg  # the typed config carries the resolved switches
     with pytest.raises(ValueError, match="fidelity: unknown preset 'exact'"):
         config_from_dict({"space": "tiny", "target": 2.0}, ["fidelity=exact"])
+
+
+def test_a_file_naming_a_preset_and_another_value_of_its_switch_is_refused(tmp_path, capsys):
+    """``fidelity: official`` beside ``arch.rl_baseline_decay: 0.99`` once ran with 0.99, neither the official 0.01
+    nor the project's combination; now the file is refused with one line naming the key, before anything runs."""
+    path = tmp_path / "search.yaml"
+    path.write_text("space: tiny\nhardware: flops\ntarget: 2.0\nfidelity: official\n"
+                    "arch:\n  regularizer: add#linear\n  rl_baseline_decay: 0.99\n")
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{path}: arch.rl_baseline_decay: set to 0.99 ")
+    assert "fidelity: official, which sets 0.01" in str(e.value)
+    proc = run_nas_inprocess(capsys, "search", "--config", str(path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, "arch.rl_baseline_decay", "fidelity: official")
+    assert not (tmp_path / "out").exists()
+    # The same value as the preset's is no conflict; --set overrides either way.
+    path.write_text(path.read_text().replace("0.99", "0.01"))
+    assert load_config(path).arch.rl_baseline_decay == 0.01
+    assert load_config(path, ["arch.rl_baseline_decay=0.5"]).arch.rl_baseline_decay == 0.5
+    # The shipped ImageNet configs name fidelity: project and the project's own values, so they load; --set
+    # fidelity=official then gives the official decay, as before.
+    mobile = ROOT / "configs" / "imagenet-mobile.yaml"
+    assert load_config(mobile).arch.rl_baseline_decay == 0.99
+    assert load_config(mobile, ["fidelity=official"]).arch.rl_baseline_decay == 0.01
 
 
 @pytest.mark.parametrize("override, key", [

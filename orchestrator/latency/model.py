@@ -7,6 +7,7 @@ Every hardware profile (measured tables, imported tables, the analytic ``flops``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,7 +46,15 @@ class LatencyModel:
             raise ValueError(f"{arch.encode()} carries its own widths; the {self.hardware!r} table prices only "
                              f"the widths of space {self.space.name!r}: measure the network itself")
         idx = self.space.indices(arch)
-        return self.fixed + sum(self.costs[b][c] for b, c in enumerate(idx))
+        return self.total(self.costs[b][c] for b, c in enumerate(idx))
+
+    def total(self, block_costs: Iterable[float]) -> float:
+        """The one summation order of every latency this model reports: the blocks' costs added in block order
+        from 0.0, then the fixed part. ``exact``, ``bounds`` and the budgeted derivation (``orchestrator.derive``,
+        which adds numpy float64 in the same order) all use it, so a target that ``bounds`` accepts is one the
+        derivation reaches, bit for bit (floating-point addition is not associative: ``(fixed + c0) + c1`` and
+        ``fixed + (c0 + c1)`` can differ by an ulp)."""
+        return self.fixed + sum(block_costs, 0.0)
 
     def expected(self, probs: torch.Tensor) -> torch.Tensor:
         """E[latency] under per-block candidate probabilities, differentiable in them (and so in α)."""
@@ -55,9 +64,8 @@ class LatencyModel:
         return self.fixed + (probs * costs).sum()
 
     def bounds(self) -> tuple[float, float]:
-        """The fastest and slowest reachable latency in this space."""
-        lo = hi = self.fixed
-        for row, allowed in zip(self.costs, self.space.allowed_mask()):
-            vals = [v for v, ok in zip(row, allowed) if ok]
-            lo, hi = lo + min(vals), hi + max(vals)
-        return lo, hi
+        """The fastest and slowest reachable latency in this space, summed as ``exact`` sums (``total``): the lower
+        bound is exactly ``exact`` of the fastest net and ``orchestrator.derive.fastest_latency`` (rounding is
+        monotone, so the sum of the per-block minima is the minimum of the sums)."""
+        rows = [[v for v, ok in zip(row, allowed) if ok] for row, allowed in zip(self.costs, self.space.allowed_mask())]
+        return self.total(min(r) for r in rows), self.total(max(r) for r in rows)

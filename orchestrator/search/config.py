@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config import apply_overrides, build, read_yaml, to_dict
 from orchestrator.config import fail as _fail
@@ -27,6 +27,21 @@ LATENCY_PROBS = ("pair", "full")
 RL_BASELINES = ("before", "after")
 LINEAR_INITS = ("normal", "uniform")
 DERIVES = ("argmax", "budget")
+# ``arch.mul_log_unit: official``: the factor from a latency model's unit to the official code's unit for it, where
+# mul#log takes the logarithm (raw MACs for the FLOP proxy, whose reference is 300e6; milliseconds for latency).
+OFFICIAL_UNITS: dict[str, float] = {"MMAC": 1e6, "ms": 1.0}
+
+
+def mul_log_scale(unit: str, mode: str) -> float:
+    """What mul#log multiplies E[LAT] and T by before the logarithm (``arch.mul_log_unit``): 1 under ``profile``
+    (the profile's own unit: MMAC for ``flops``), the factor to the official unit under ``official``;
+    ``ValueError`` naming the key for a unit the official code has no counterpart of."""
+    if mode == "profile":
+        return 1.0
+    if unit not in OFFICIAL_UNITS:
+        _fail("arch.mul_log_unit", f"official units are known for latency models in {', '.join(OFFICIAL_UNITS)}, "
+                                   f"not {unit!r}; use profile")
+    return OFFICIAL_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -88,9 +103,29 @@ class ArchConfig:
     # then compute advantages against it. ``after`` (this project): advantages against the baseline of earlier
     # batches, then move it, so a batch is never compared with a baseline that already contains its own rewards.
     rl_baseline: str = "after"
+    # Fidelity: the unit in which mul#log takes log E[LAT] / log T. The ratio's pressure near the target is β / ln T,
+    # so the unit matters. ``profile`` (this project): the profile's own unit (MMAC for ``flops``, ms for tables).
+    # ``official``: the official code's unit, raw MACs for ``flops`` (its reference is 300e6: β / ln T = 0.0154
+    # against 0.0526 for 300 MMAC) and ms for latency tables. add#linear and the REINFORCE reward are unit-free.
+    mul_log_unit: Literal["profile", "official"] = "profile"
+    # Fidelity: when REINFORCE updates α, and on how many held-out images. ``update_every`` (this project): after
+    # every ``update_every``-th weight step, as the gradient algorithm, on ``batch_size`` images. ``per_epoch`` (the
+    # official RLArchSearchConfig): ``rl_updates_per_epoch`` updates spread evenly over each search epoch (its
+    # get_split_list schedule; every weight step when an epoch has fewer), each on ``rl_batch_size`` images (the
+    # official test_batch_size). The gradient algorithm always follows ``update_every``.
+    rl_schedule: Literal["update_every", "per_epoch"] = "update_every"
+    rl_updates_per_epoch: int = 300  # per_epoch schedule: the official rl_update_steps_per_epoch
+    rl_batch_size: int = 1000  # per_epoch schedule: the global held-out batch of a REINFORCE update
     # Fidelity: the official loop skips architecture updates in the first search epoch (``if epoch > 0``), letting
     # the weights adapt to the first α-driven paths. This project starts them at once, after its warm-up.
     skip_first_search_epoch: bool = False
+
+    @property
+    def holdout_batch(self) -> tuple[int, str]:
+        """The global held-out batch of one architecture step, and the key that sets it."""
+        if self.algo == "rl" and self.rl_schedule == "per_epoch":
+            return self.rl_batch_size, "arch.rl_batch_size"
+        return self.batch_size, "arch.batch_size"
 
 
 @dataclass(frozen=True)
@@ -218,13 +253,18 @@ def validate(cfg: SearchConfig) -> None:
     _positive("arch.reg_alpha", a.reg_alpha)
     _positive("arch.reg_beta", a.reg_beta)
     _positive("arch.reg_lambda", a.reg_lambda, strict=False)
-    if a.regularizer == "mul#log" and cfg.target <= 1:
-        _fail("target", f"mul#log divides by log(target), so the target must exceed 1 in the profile's unit, "
-                        f"got {cfg.target}; use arch.regularizer=add#linear for sub-unit latencies")
+    # The unit is the profile's (MMAC for flops, ms for tables: resolve_latency checks a table's own unit later).
+    if a.regularizer == "mul#log" and cfg.target * mul_log_scale("MMAC" if cfg.hardware == "flops" else "ms",
+                                                                 a.mul_log_unit) <= 1:
+        _fail("target", f"mul#log divides by log(target), so the target must exceed 1 in the unit mul#log uses "
+                        f"(arch.mul_log_unit), got {cfg.target}; use arch.regularizer=add#linear for sub-unit "
+                        f"latencies")
     _positive("arch.rl_samples", a.rl_samples)
     if not 0 <= a.rl_baseline_decay < 1:
         _fail("arch.rl_baseline_decay", f"must be in [0, 1), got {a.rl_baseline_decay}")
     _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
+    _positive("arch.rl_updates_per_epoch", a.rl_updates_per_epoch)
+    _positive("arch.rl_batch_size", a.rl_batch_size)
     _choice("arch.grad_mode", a.grad_mode, GRAD_MODES)
     _choice("arch.latency_probs", a.latency_probs, LATENCY_PROBS)
     _choice("arch.rl_baseline", a.rl_baseline, RL_BASELINES)

@@ -31,7 +31,7 @@ from orchestrator.search.state import (
     load_state_dict,
     warmup_steps,
 )
-from orchestrator.search.steps import arch_step, arch_update_due, weight_step
+from orchestrator.search.steps import arch_step, arch_updates_after, weight_step
 from orchestrator.train.core import evaluate, metrics_window, read_window
 from orchestrator.train.runtime import Runtime
 
@@ -127,9 +127,10 @@ def search_feeds(cfg: SearchConfig, data: Splits, rank: int = 0, world: int = 1,
     less than one batch of either (not at the first architecture step, after the warm-up)."""
     train = cfg.data.feed(data.train, batch_size=local_batch(cfg.weight.batch_size, world, "weight.batch_size"),
                           rank=rank, world=world, stream="train", pin_memory=pin_memory)
-    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(cfg.arch.batch_size, world, "arch.batch_size"),
+    arch_batch, arch_key = cfg.arch.holdout_batch
+    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(arch_batch, world, arch_key),
                             rank=rank, world=world, stream="holdout", pin_memory=pin_memory)
-    for feed, key in ((train, "weight.batch_size"), (holdout, "arch.batch_size")):
+    for feed, key in ((train, "weight.batch_size"), (holdout, arch_key)):
         if feed.batches_per_epoch < 1:
             raise ValueError(f"{key}: each of {world} worker(s) gets {feed.items} {feed.name} images, fewer than "
                              f"one batch of {feed.batch_size}: lower the batch size or use fewer workers")
@@ -210,8 +211,8 @@ def run_search(
         metrics = weight_step(state, x, y)
         clock.lap(phase)
         # A warm-up-only run leaves α untouched, so that searches can fork from it.
-        if not warmup_only and arch_update_due(cfg, state.step, state.steps_per_epoch):
-            for _ in range(cfg.arch.update_steps):
+        if not warmup_only:
+            for _ in range(arch_updates_after(cfg, state.step, state.steps_per_epoch)):
                 if hold_it is None:
                     hold_it = holdout.stream(state.arch_step)
                 hx, hy = rt.batch(*next(hold_it))

@@ -9,10 +9,12 @@
 The presets hold behaviour switches only, never hyperparameters (learning rates, targets, schedules), so one
 key moves any config (the demo's short schedule, an ImageNet search) between the three behaviours.
 
-Precedence, from weakest to strongest: the dataclass defaults; a file's ``fidelity`` (it fills in the switches
-that the same file does not name, so ``fidelity: official`` beside ``arch: {grad_mode: two}`` keeps ``two``);
-the file's explicit keys; ``--set fidelity=NAME`` (it overrides every switch of the file); the other ``--set``
-keys, whatever their order on the command line. The typed config records the resolved switches, not the name.
+Precedence, from weakest to strongest: the dataclass defaults; a file's ``fidelity``; ``--set fidelity=NAME`` (it
+overrides every switch of the file); the other ``--set`` keys, whatever their order on the command line. A file
+that names a preset and also sets one of that preset's switches to another value (``fidelity: official`` beside
+``arch: {rl_baseline_decay: 0.99}``) is refused with one line naming the key: the file would otherwise say two
+things, and whichever won, one of them would be silently ignored. The same value is accepted. The typed config
+records the resolved switches, not the name.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ PROJECT: dict[str, Any] = {
     "arch.rl_baseline": "after",
     "arch.rl_baseline_decay": 0.99,
     "arch.skip_first_search_epoch": False,
+    "arch.mul_log_unit": "profile",
+    "arch.rl_schedule": "update_every",
     "init.linear": "normal",
     "init.zero_last_gamma": True,
     "derive": "budget",
@@ -44,6 +48,8 @@ OFFICIAL: dict[str, Any] = {
     "arch.rl_baseline": "before",  # rl_update_step: baseline moves, then advantages
     "arch.rl_baseline_decay": 0.01,  # baseline += 0.99 * (avg_reward - baseline)
     "arch.skip_first_search_epoch": True,  # train(): `if epoch > 0`
+    "arch.mul_log_unit": "official",  # expected_flops in raw MACs, ref_values['flops']['1.00'] = 300e6
+    "arch.rl_schedule": "per_epoch",  # rl_update_steps_per_epoch=300 spread by get_split_list, test_batch_size=1000
     "init.linear": "uniform",  # MyNetwork.init_model: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
     "init.zero_last_gamma": False,
     "derive": "argmax",  # the paper's and the official code's derived net: each block's most probable op
@@ -74,6 +80,13 @@ def _has(d: dict, dotted: str) -> bool:
     return True
 
 
+def _get(d: dict, dotted: str) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def _put(d: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = d
@@ -96,9 +109,13 @@ def apply_fidelity(data: dict, overrides: Sequence[str] = ()) -> tuple[dict, lis
     (every one but ``fidelity=...``). The input is not modified."""
     out = _copy(data)
     if KEY in out:
-        for key, value in preset(out.pop(KEY)).items():
+        name = out.pop(KEY)
+        for key, value in preset(name).items():
             if not _has(out, key):
                 _put(out, key, value)
+            elif _get(out, key) != value:
+                raise ValueError(f"{key}: set to {_get(out, key)!r} beside fidelity: {name}, which sets "
+                                 f"{value!r}; remove one of the two (--set {key}=... overrides a preset)")
     rest: list[str] = []
     for item in overrides:
         key, sep, raw = item.partition("=")

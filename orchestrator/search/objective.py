@@ -10,15 +10,18 @@ import torch
 from orchestrator.search.config import ArchConfig
 
 
-def regularized_loss(ce: torch.Tensor, expected_latency: torch.Tensor, target: float, arch: ArchConfig) -> torch.Tensor:
+def regularized_loss(ce: torch.Tensor, expected_latency: torch.Tensor, target: float, arch: ArchConfig,
+                     scale: float = 1.0) -> torch.Tensor:
     """The latency-aware loss of the official code, both forms, plus a latency-only and a CE-only objective.
 
-    ``mul#log``: CE · a · (log E[LAT] / log T)^b; ``add#linear``: CE + λ · (E[LAT] − T) / T;
-    ``latency``: E[LAT] / T (no accuracy term; for checks); ``none``: CE.
+    ``mul#log``: CE · a · (log(s · E[LAT]) / log(s · T))^b, with ``scale`` s the factor to the unit the logarithm
+    is taken in (``mul_log_scale``: 1, or 1e6 for the official code's raw MACs); ``add#linear``:
+    CE + λ · (E[LAT] − T) / T; ``latency``: E[LAT] / T (no accuracy term; for checks); ``none``: CE.
     """
     reg = arch.regularizer
     if reg == "mul#log":
-        return ce * arch.reg_alpha * (torch.log(expected_latency) / math.log(target)) ** arch.reg_beta
+        ratio = torch.log(expected_latency * scale) / math.log(target * scale)
+        return ce * arch.reg_alpha * ratio ** arch.reg_beta
     if reg == "add#linear":
         return ce + arch.reg_lambda * (expected_latency - target) / target
     if reg == "latency":

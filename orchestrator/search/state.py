@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from orchestrator.latency.model import LatencyModel
-from orchestrator.search.config import SearchConfig
+from orchestrator.search.adam import arch_optimizer
+from orchestrator.search.config import SearchConfig, mul_log_scale
 from orchestrator.search.sampling import generator
 from orchestrator.spaces import SearchSpace
 from orchestrator.supernet import ArchLogits, Supernet
@@ -38,7 +39,7 @@ class SearchState:
     supernet: Supernet
     logits: ArchLogits
     trainer: Trainer
-    arch_opt: torch.optim.Adam
+    arch_opt: torch.optim.Optimizer  # Adam; BlockAdam under arch.skip_zero_active (search/adam.py)
     steps_per_epoch: int
     rt: Runtime = field(default_factory=Runtime)
     step: int = 0  # weight steps done
@@ -76,6 +77,8 @@ def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int, r
         raise ValueError(f"hardware: latency model is for space {latency.space.name!r}, config names {space.name!r}")
     if steps_per_epoch < 1:
         raise ValueError("weight.batch_size: larger than the weight-training split, so an epoch has no step")
+    if cfg.arch.regularizer == "mul#log":
+        mul_log_scale(latency.unit, cfg.arch.mul_log_unit)  # a unit the official code has no counterpart of
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         supernet = Supernet(space, linear_init=cfg.init.linear, zero_last_gamma=cfg.init.zero_last_gamma)
@@ -88,7 +91,7 @@ def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int, r
     w, a = cfg.weight, cfg.arch
     trainer = Trainer(supernet, sgd(supernet, w.lr, w.momentum, w.nesterov, w.weight_decay, w.no_decay_bn), rt,
                       w.label_smoothing)
-    arch_opt = torch.optim.Adam([logits.alpha], lr=a.lr, betas=a.betas, eps=a.eps, weight_decay=a.weight_decay)
+    arch_opt = arch_optimizer(logits.alpha, a.lr, a.betas, a.eps, a.weight_decay, per_block=a.skip_zero_active)
     return SearchState(cfg, space, latency, supernet, logits, trainer, arch_opt, steps_per_epoch, rt)
 
 

@@ -8,6 +8,7 @@ device of the batch it is given.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from orchestrator.search.config import SearchConfig
+from orchestrator.search.config import SearchConfig, mul_log_scale
 from orchestrator.search.objective import (
     binary_connect_grad,
     path_latency,
@@ -47,28 +48,55 @@ def weight_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor, 
     return {**metrics, "lr": lr}
 
 
-def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, sync: Sync | None) -> torch.Tensor:
-    """Set α's gradient, all-reduce it, take the Adam step; returns α before the step (for the rescale)."""
+def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, sync: Sync | None,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Set α's gradient, all-reduce it, take the Adam step (of the blocks in ``rows`` only, when given: the
+    optimiser is then ``BlockAdam``); returns α before the step (for the rescale)."""
     alpha = state.logits.alpha
     alpha.grad = grad.masked_fill(~state.logits.mask, 0.0).contiguous()
     (sync or state.rt.comm.mean_)([alpha.grad])
     before = alpha.detach().clone()
-    state.arch_opt.step()
+    if rows is None:
+        state.arch_opt.step()
+    else:
+        state.arch_opt.step(rows)
     state.arch_opt.zero_grad(set_to_none=True)
     return before
 
 
-def arch_update_due(cfg: SearchConfig, step: int, steps_per_epoch: int) -> bool:
-    """Whether architecture updates follow the weight step that has just made ``step`` weight steps done.
+def rl_epoch_schedule(steps_per_epoch: int, updates: int) -> frozenset[int]:
+    """The weight steps of an epoch (0-based) after which REINFORCE updates, ``updates`` of them spread evenly: the
+    official ``RLArchSearchConfig.get_update_schedule`` (``get_split_list``: the epoch cut into ``updates``
+    segments, the first ``steps_per_epoch % updates`` one step longer, one update after each segment's last step;
+    empty segments of an epoch shorter than ``updates`` steps collapse, so then every step gets one)."""
+    base, longer = divmod(steps_per_epoch, updates)
+    ends = itertools.accumulate(base + (1 if k < longer else 0) for k in range(updates))
+    return frozenset(e - 1 for e in ends if e >= 1)
 
-    The official schedule (``get_update_schedule`` and ``train``): after weight step i of an epoch (0-based) when
-    (i + 1) % update_every == 0, in search epochs only, and, with ``arch.skip_first_search_epoch``, not in the
-    first search epoch. The last warm-up weight step is a warm-up step, so no update follows it."""
+
+def arch_updates_after(cfg: SearchConfig, step: int, steps_per_epoch: int) -> int:
+    """How many architecture steps follow the weight step that has just made ``step`` weight steps done.
+
+    The official schedules (``get_update_schedule`` and ``train``), in search epochs only and, with
+    ``arch.skip_first_search_epoch``, not in the first one: the gradient algorithm (and REINFORCE under
+    ``arch.rl_schedule: update_every``) takes ``update_steps`` after weight step i of an epoch (0-based) when
+    (i + 1) % update_every == 0; REINFORCE under ``per_epoch`` one after each step of ``rl_epoch_schedule``. The
+    last warm-up weight step is a warm-up step, so no update follows it."""
     if step < 1:
-        return False
+        return 0
+    a = cfg.arch
     epoch, i = divmod(step - 1, steps_per_epoch)
-    first = cfg.warmup_epochs + (1 if cfg.arch.skip_first_search_epoch else 0)
-    return epoch >= first and (i + 1) % cfg.arch.update_every == 0
+    first = cfg.warmup_epochs + (1 if a.skip_first_search_epoch else 0)
+    if epoch < first:
+        return 0
+    if a.algo == "rl" and a.rl_schedule == "per_epoch":
+        return 1 if i in rl_epoch_schedule(steps_per_epoch, a.rl_updates_per_epoch) else 0
+    return a.update_steps if (i + 1) % a.update_every == 0 else 0
+
+
+def arch_update_due(cfg: SearchConfig, step: int, steps_per_epoch: int) -> bool:
+    """Whether architecture updates follow the weight step that has just made ``step`` weight steps done."""
+    return arch_updates_after(cfg, step, steps_per_epoch) > 0
 
 
 def sample_active(state: SearchState) -> list[tuple[int, ...]]:
@@ -147,7 +175,8 @@ def arch_gradient(state: SearchState, images: torch.Tensor, labels: torch.Tensor
         out = state.supernet(images, active, gates, no_grad_inactive=True)
     ce = F.cross_entropy(out.float(), labels)
     expected = state.latency.expected(latency_probs(state, active))
-    loss = regularized_loss(ce, expected, cfg.target, cfg.arch)
+    scale = mul_log_scale(state.latency.unit, cfg.arch.mul_log_unit)
+    loss = regularized_loss(ce, expected, cfg.target, cfg.arch, scale)
     grads = torch.autograd.grad(loss, [alpha, *gates], allow_unused=True)
     direct = grads[0] if grads[0] is not None else torch.zeros_like(alpha)
     gate_grads = [g if g is not None else torch.zeros_like(gt) for g, gt in zip(grads[1:], gates)]
@@ -161,20 +190,19 @@ def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tenso
     official default ``full_v2``), then Adam on α and, in two mode, the rescale of each sampled pair.
 
     The latency term E[LAT] (``arch.latency_probs``) is backpropagated into α directly. With
-    ``arch.skip_zero_active`` a block whose active candidate is ``zero`` keeps its α (official); otherwise it is
-    updated like the others."""
+    ``arch.skip_zero_active`` a block whose active candidate is ``zero`` sits the step out (official: its α
+    gradient is None): its α, its Adam step count and its Adam moments stay as they are (``BlockAdam``); otherwise
+    it is updated like the others."""
     cfg, alpha = state.cfg, state.logits.alpha
     active = sample_active(state)
     state.paths.append(("a", state.arch_step, tuple(active)))
     res = arch_gradient(state, images, labels, active)
-    grad = res.alpha_grad
-    skipped = [b for b, p in enumerate(active) if cfg.arch.skip_zero_active and state.space.candidates[p[0]].is_zero]
-    if skipped:
-        grad = grad.index_fill(0, torch.tensor(skipped, device=grad.device), 0.0)
-    before = _apply_alpha_grad(state, grad, sync)
-    if skipped:
-        with torch.no_grad():
-            alpha[skipped] = before[skipped]  # exact, whatever Adam's state and weight decay would do
+    rows, skipped = None, []
+    if cfg.arch.skip_zero_active:
+        skipped = [b for b, p in enumerate(active) if state.space.candidates[p[0]].is_zero]
+        rows = torch.ones(len(active), dtype=torch.bool, device=alpha.device)
+        rows[skipped] = False
+    before = _apply_alpha_grad(state, res.alpha_grad, sync, rows)
     if cfg.arch.grad_mode == "two" and cfg.arch.rescale:
         rescale_pairs(alpha.data, before, [p[:1] if b in skipped else p for b, p in enumerate(active)])
     state.arch_step += 1
