@@ -43,8 +43,8 @@ RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorrt")
 FORMATS = {"onnxruntime": "onnx", "openvino": "onnx", "tensorrt": "onnx", "litert": "tflite"}
 KIT_FORMATS = ("onnx", "tflite")
 # A kit's default size, chosen by measurement (README, "Latency in deployment runtimes"): on this project's CPU the
-# held-out figures stopped improving at about 40 calibration networks in ONNX Runtime and OpenVINO; 50 leaves a
-# margin for a noisier device. The user pays for every network measured on the device.
+# held-out figures stopped improving by 20 to 40 calibration networks in ONNX Runtime, OpenVINO and LiteRT; 50
+# leaves a margin for a noisier device. The user pays for every network measured on the device.
 DEFAULT_CALIBRATION, DEFAULT_VALIDATION = 50, 30
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 RESULT_COLUMNS = ("file", "ms", "half", "rounds", "runtime", "runtime_version", "provider", "threads", "clock",
