@@ -35,7 +35,7 @@ from orchestrator.latency import calibrate, kit_runner
 from orchestrator.latency.calibrate import CalibrationConfig
 from orchestrator.latency.fit import fit_whole_networks, score_networks
 from orchestrator.latency.hardware import default_profile
-from orchestrator.latency.kit import import_kit, write_kit
+from orchestrator.latency.kit import import_kit, read_results, write_kit
 from orchestrator.latency.measure import default_config
 from orchestrator.latency.runner import build_table, measure_group_chunk, measure_runtime_chunk
 from orchestrator.latency.table import LatencyTable
@@ -182,12 +182,10 @@ def main() -> None:
             r["build"] = scored((built.to_model(space), built.to_model(space, plain=True)), space, archs, measured)
             r["kit"] = scored((kit_table.to_model(space), kit_table.to_model(space, plain=True)), space, archs,
                               measured)
-            if runtime != "torch":
-                res = {}
-                for row in json.loads(json.dumps(_rows(kit_dir / "results.csv"))):
-                    res.setdefault(row[0], []).append(float(row[1]))
+            if runtime != "torch":  # the runner's figures, as the import read them
+                results = read_results(manifest, (kit_dir / "results.csv").read_text(), "results.csv").ms
                 file_of = {n["arch"]: n["file"] for n in manifest["networks"]}
-                cal_ms = [min(res[file_of[a]]) for a in cal_archs]
+                cal_ms = [min(results[file_of[a]]) for a in cal_archs]
             r["kit_sizes"] = kit_fits(space, cal_archs, cal_ms, sizes, archs, measured)
             if "torch" in torch_tables and runtime != "torch":
                 t = torch_tables["torch"]
@@ -211,13 +209,6 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "runtime_latency.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"wrote {OUT / 'runtime_latency.json'}")
-
-
-def _rows(path: Path) -> list[list[str]]:
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row[:2] for row in list(csv.reader(f))[1:]]
 
 
 if __name__ == "__main__":

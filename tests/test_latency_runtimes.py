@@ -300,7 +300,8 @@ def test_sweep_grid_names_a_runtime_and_a_kit_device(onnx_kit, tmp_path, capsys)
 
 
 TFLITE_KIT = ROOT / "tests" / "data" / "kit-tiny-tflite"  # written by `nas latency kit --space tiny --format tflite
-# --networks 12 --validate 6` with litert-torch 0.10.0 (the converter is not in the test environment: README)
+# --networks 12 --validate 6` with litert-torch 0.10.0 (the converter is not in the test environment: README), its
+# run_kit.py left out: the test runs the runner of this checkout
 
 
 def test_tflite_kit_measured_by_litert_without_torch_imports_and_validates(tmp_path, capsys):
@@ -315,7 +316,7 @@ def test_tflite_kit_measured_by_litert_without_torch_imports_and_validates(tmp_p
         assert ops.count("DEPTHWISE_CONV_2D") == 1 + sum(not op.is_zero for op in TINY.parse(n["arch"]).ops), n
     kit = tmp_path / "kit"
     shutil.copytree(TFLITE_KIT, kit)
-    shutil.copyfile(kit_runner.__file__, kit / "run_kit.py")  # this checkout's runner, not the one of the kit's day
+    shutil.copyfile(kit_runner.__file__, kit / "run_kit.py")  # the shipped kit holds no runner: this checkout's
     results = tmp_path / "results.csv"
     proc = run_kit(kit, "litert", results)
     assert proc.returncode == 0, proc.stderr

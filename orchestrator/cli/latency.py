@@ -10,7 +10,6 @@ from orchestrator.cli import app
 from orchestrator.latency.kit_runner import DEFAULT_CALIBRATION, DEFAULT_VALIDATION, KIT_FORMATS, RUNTIMES
 
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
-KIT_RUNTIMES = RUNTIMES
 RUNTIME_CHOICES = ("torch", *RUNTIMES)
 
 
@@ -161,7 +160,7 @@ def kit(space_name: str, fmt: str, networks: int, validate_n: int, seed: int, va
               help="FILE's format (the official ProxylessNAS table).")
 @click.option("--kit", "kit_dir", default=None, help="A kit folder (nas latency kit) whose --results to import.")
 @click.option("--results", default=None, help="The kit's results CSV (columns file,ms; more allowed).")
-@click.option("--runtime", type=click.Choice(KIT_RUNTIMES), default=None,
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="The runtime that measured the kit [default: the results' runtime column].")
 @click.option("--hardware", default=None,
               help="The name the table is known by: pixel1 for the official table; a kit device's own name "

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.arch import Op
+from orchestrator.latency.calibrate import compare, noise_floor
 from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.table import HEAD, STEM, EntryStats, block_key
 from orchestrator.spaces import BlockSpec, SearchSpace
@@ -120,34 +121,19 @@ def fit_whole_networks(space: SearchSpace, archs: Sequence[str], measured_ms: Se
     return FitResult(dict(sorted(entries.items(), key=lambda kv: order[kv[0]])), info)
 
 
-def _compare(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
-    from scipy.stats import spearmanr
-
-    rel = (predicted - measured) / measured
-    return {"mape": float(np.abs(rel).mean()), "spearman": float(spearmanr(predicted, measured).statistic),
-            "within_10pct": float((np.abs(rel) <= 0.10).mean()), "mean_error": float(rel.mean())}
-
-
 def score_networks(model: LatencyModel, plain: LatencyModel, archs: Sequence[str], measured_ms: Sequence[float],
                    halves: Sequence[tuple[float, float]] | None = None) -> dict:
     """Validation figures of a fitted model (and of its prior, ``plain``) on held-out whole networks.
 
     ``halves`` are two independent estimates of each network (the results repeat the file); their agreement is
     the noise floor, the best any model can be scored against this measurement. None when nothing repeats."""
-    from scipy.stats import spearmanr
-
     if len(archs) < 3:
         raise ValueError(f"validation needs at least 3 networks, got {len(archs)}")
     m = np.asarray(measured_ms, float)
     parsed = [model.space.parse(a) for a in archs]
     pred = np.array([model.exact(a) for a in parsed])
     plain_pred = np.array([plain.exact(a) for a in parsed])
-    floor = None
-    if halves is not None:
-        h = np.asarray(halves, float)
-        gap = np.abs(h[:, 0] / h[:, 1] - 1.0)
-        floor = {"median_gap": float(np.median(gap)), "max_gap": float(gap.max()),
-                 "within_10pct": float((gap <= 0.10).mean()), "spearman": float(spearmanr(h[:, 0], h[:, 1]).statistic)}
-    return {**_compare(pred, m), "samples": len(archs), "noise_floor": floor, "plain": _compare(plain_pred, m),
+    floor = None if halves is None else noise_floor([h[0] for h in halves], [h[1] for h in halves])
+    return {**compare(pred, m), "samples": len(archs), "noise_floor": floor, "plain": compare(plain_pred, m),
             "drift": None, "archs": list(archs), "measured_ms": m.tolist(), "predicted_ms": pred.tolist(),
             "plain_ms": plain_pred.tolist()}
