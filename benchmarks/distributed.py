@@ -24,11 +24,11 @@ OUT = Path(__file__).parent / "out" / "distributed.json"
 def _worker(config: dict) -> dict:
     import torch
 
-    from orchestrator.distributed import worker_runtime
+    from orchestrator.ray_train import worker_runtime
     from orchestrator.search import init_state, load_config, open_data, resolve_latency
-    from orchestrator.search.driver import search_feeds
+    from orchestrator.search.loop import search_feeds
     from orchestrator.search.steps import arch_step, weight_step
-    from orchestrator.train.runtime import Comm
+    from orchestrator.train.runtime import Comm, Precision
 
     class Unsynced(Comm):
         """This rank among its peers, without averaging: the cost baseline only (ranks drift apart)."""
@@ -36,11 +36,11 @@ def _worker(config: dict) -> dict:
         def __init__(self, rank: int, world: int) -> None:
             self.rank, self.world = rank, world
 
-    rt = worker_runtime(False, "fp32", False, 1)
+    rt = worker_runtime(False, Precision(), 1)
     if not config["sync"]:
         rt.comm = Unsynced(rt.rank, rt.world)
     cfg = load_config(config["config"], [f"space={config['space']}", "warmup_epochs=0"])
-    train, holdout = search_feeds(cfg, open_data(cfg), rt.rank, rt.world)
+    train, holdout = search_feeds(cfg, open_data(cfg), rt)
     state = init_state(cfg, resolve_latency(cfg), train.batches_per_epoch, rt)
     batches, held_out = train.stream(0), holdout.stream(0)
 

@@ -7,11 +7,11 @@ import shutil
 import uuid
 from pathlib import Path
 
+from orchestrator.storage import one_line, resolve
+
 
 def check_storage(uri: str) -> str:
     """Write and delete a marker under ``uri``; returns the normalised URI or raises ``ValueError``."""
-    from orchestrator.storage import one_line, resolve
-
     loc = resolve(uri)
     marker = loc.path(f".write-check-{uuid.uuid4().hex[:8]}")
     created = None  # the topmost local folder this check creates: removed again, so a refused run leaves nothing

@@ -18,7 +18,8 @@ import pytest
 import torch
 from ray.train import Checkpoint
 
-from orchestrator.distributed import CHECKPOINT_FILE, checkpoint_file_state
+from orchestrator.ray_train import checkpoint_file_state
+from orchestrator.search.jobs import CHECKPOINT_FILE
 from orchestrator.state_io import state_bytes
 
 

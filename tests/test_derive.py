@@ -261,7 +261,7 @@ def test_cli_targets_give_a_front_ending_at_the_search_argmax(search_dir, capsys
 def test_cli_derive_from_an_mlflow_run(search_dir, capsys, tmp_path):
     """The search run's result.json artifact, logged by the function Ray searches log it with."""
     from orchestrator import tracking
-    from orchestrator.distributed import log_search_result
+    from orchestrator.search.jobs import log_search_result
 
     result = json.loads((search_dir / "result.json").read_text())
     uri = f"sqlite:///{tmp_path}/mlflow.db"

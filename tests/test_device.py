@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from orchestrator.search import config_from_dict, init_state, open_data
-from orchestrator.search.driver import local_batch
+from orchestrator.train.loop import local_batch
 from orchestrator.search.steps import arch_step, weight_step
 from orchestrator.latency.profiles import latency_model
 from orchestrator.train.runtime import Runtime

@@ -2,7 +2,7 @@
 real S3-compatible server, and the faults it survives: a killed worker, a removed node, a killed driver, an MLflow
 server that goes away and comes back, a rank that diverges; and the checks that run before any worker starts.
 
-Faults that must strike at a known step use ``RunSpec.pause_at_steps``: the search stands still there (every
+Faults that must strike at a known step use ``Faults.pause_at_steps``: the search stands still there (every
 checkpoint before it committed) until the test has done its damage."""
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.distributed import RanksDiverged, RunSpec, check_existing_run, load_state_uri, run_distributed_search
+from orchestrator.faults import Faults
+from orchestrator.ray_train import ClusterSpec, load_state_uri
+from orchestrator.runs import check_existing_run
+from orchestrator.search.jobs import RanksDiverged, SearchJob, run_distributed_search
 from orchestrator.search import load_config
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
@@ -55,9 +58,9 @@ def s3_search(two_node_cluster, s3_server, tmp_path_factory, overrides):
     bucket = s3_server.new_bucket()
     tracking = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
     cfg = load_config(TINY, overrides)
-    spec = RunSpec(num_workers=2, cpus_per_worker=1.0, storage_path=f"s3://{bucket}/runs", name="s3-run",
-                   tracking_uri=tracking, experiment="dist-test", consistency_every=1)
-    return run_distributed_search(cfg, spec), bucket, tracking
+    spec = ClusterSpec(num_workers=2, cpus_per_worker=1.0, storage_path=f"s3://{bucket}/runs", name="s3-run",
+                       tracking_uri=tracking, experiment="dist-test")
+    return run_distributed_search(cfg, spec, consistency_every=1), bucket, tracking
 
 
 def test_two_workers_keep_alpha_identical_and_checkpoint_to_s3(s3_search, s3_server):
@@ -101,9 +104,9 @@ def test_search_is_recorded_once_in_mlflow(s3_search):
 def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path, overrides):
     baseline = s3_search[0].search
     cfg = load_config(TINY, overrides)
-    spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="killed", tracking_uri=f"sqlite:///{tmp_path}/m.db",
-                   experiment="dist-kill", inject_failure_at_step=30, max_failures=2)
-    res = run_distributed_search(cfg, spec)
+    spec = ClusterSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="killed", tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                       experiment="dist-kill", max_failures=2)
+    res = run_distributed_search(cfg, spec, faults=Faults(kill_at_step=30))
     assert res.search["restored"] is True  # the final worker group started from a checkpoint
     assert res.search["resumed_from_step"] == 20  # the last checkpoint before the kill at step 30
     # the fault fired exactly once: its marker in the run's storage names the first kill
@@ -122,7 +125,7 @@ def test_killed_worker_is_replaced_and_search_resumes(s3_search, tmp_path, overr
 
 def test_too_few_resources_is_refused_before_training(two_node_cluster, tmp_path):
     cfg = load_config(TINY)
-    spec = RunSpec(num_workers=4, storage_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    spec = ClusterSpec(num_workers=4, storage_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
     with pytest.raises(ValueError, match=r"cluster has 2 CPU in all, but 4 workers x 1 CPU need 4"):
         run_distributed_search(cfg, spec)
 
@@ -144,11 +147,14 @@ def test_gpu_on_a_cluster_without_gpus_is_refused_in_one_line(two_node_cluster, 
 
 
 def test_checkpoint_of_another_space_is_refused(tmp_path):
-    check_existing_run(str(tmp_path), "run", load_config(TINY))
-    check_existing_run(str(tmp_path), "run", load_config(TINY))  # the same search resumes
+    def meta(cfg) -> dict:
+        return SearchJob(cfg).run_meta()
+
+    check_existing_run(str(tmp_path), "run", meta(load_config(TINY)), "search-meta.json")
+    check_existing_run(str(tmp_path), "run", meta(load_config(TINY)), "search-meta.json")  # the same search resumes
     other = load_config(ROOT / "configs" / "demo.yaml")
     with pytest.raises(ValueError, match="holds a checkpoint of space 'tiny'"):
-        check_existing_run(str(tmp_path), "run", other)
+        check_existing_run(str(tmp_path), "run", meta(other), "search-meta.json")
     assert json.loads((Path(tmp_path) / "run" / "search-meta.json").read_text())["space"] == "tiny"
 
 
@@ -172,10 +178,10 @@ def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_s
     sentinel = tmp_path / "sentinel"
     s3_server.client().put_object(Bucket=bucket, Key=key,
                                   Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
-    spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
-                   experiment="dist-test", consistency_every=1, max_failures=0)
+    spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
+                       experiment="dist-test", max_failures=0)
     with pytest.raises(RuntimeError, match="refused") as err:
-        run_distributed_search(load_config(TINY, overrides), spec)
+        run_distributed_search(load_config(TINY, overrides), spec, consistency_every=1)
     assert "\n" not in str(err.value)
     assert not sentinel.exists()
 
@@ -240,9 +246,10 @@ def test_node_removed_mid_search_resumes_from_its_last_checkpoint(two_node_clust
     baseline = s3_search[0].search
     bucket = s3_server.new_bucket()
     s3 = s3_server.client()
-    spec = RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="node-loss", experiment="dist-node",
-                   tracking_uri=f"sqlite:///{tmp_path}/m.db", pause_at_steps=(30,), max_failures=2)
-    driver, box = _in_thread(run_distributed_search, load_config(TINY, overrides), spec)
+    spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="node-loss", experiment="dist-node",
+                       tracking_uri=f"sqlite:///{tmp_path}/m.db", max_failures=2)
+    driver, box = _in_thread(lambda: run_distributed_search(load_config(TINY, overrides), spec,
+                                                            faults=Faults(pause_at_steps=(30,))))
     paused = _wait_for(lambda: _s3_json(s3, bucket, "runs/node-loss/paused-30.json"), "the pause at step 30",
                        driver=driver)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
@@ -274,10 +281,10 @@ def test_diverged_rank_fails_the_run_loudly_and_is_not_retried(two_node_cluster,
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="diverged", tracking_uri=uri,
-                   experiment="dist-diverged", consistency_every=5, inject_divergence_at_step=10, max_failures=2)
+    spec = ClusterSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="diverged", tracking_uri=uri,
+                       experiment="dist-diverged", max_failures=2)
     with pytest.raises(RanksDiverged) as err:
-        run_distributed_search(load_config(TINY, SHORT), spec)
+        run_distributed_search(load_config(TINY, SHORT), spec, consistency_every=5, faults=Faults(diverge_at_step=10))
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("search 'diverged' failed: architecture parameters diverged across ranks at step 10: "
@@ -329,10 +336,11 @@ def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_clus
     from orchestrator import tracking
 
     server = mlflow_server.control  # the session's server: killed and restarted on the same port and store
-    spec = RunSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",
-                   tracking_uri=server.tracking_uri, pause_at_steps=(6, 26))
+    spec = ClusterSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",
+                       tracking_uri=server.tracking_uri)
     run_dir = tmp_path / "runs" / "outage"
-    driver, box = _in_thread(run_distributed_search, load_config(TINY, SHORT), spec)
+    driver, box = _in_thread(lambda: run_distributed_search(load_config(TINY, SHORT), spec,
+                                                            faults=Faults(pause_at_steps=(6, 26))))
     try:
         _wait_for(lambda: (run_dir / "paused-6.json").exists(), "the pause at step 6", driver=driver)
         server.stop()

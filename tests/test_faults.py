@@ -36,7 +36,8 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     into a fresh state, and a consistency check with paths that differ on rank 1."""
     import torch.distributed as dist
 
-    from orchestrator.distributed import RanksDiverged, check_consistency, seed_rank_rng
+    from orchestrator.search.jobs import RanksDiverged, check_consistency
+    from orchestrator.train.checkpoint import seed_rank
     from orchestrator.search import load_config, resolve_latency, run_search
     from orchestrator.search.state import init_state, load_state_dict, state_dict
     from orchestrator.train.runtime import DistComm, Runtime, bn_buffers
@@ -47,7 +48,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     try:
         rt = Runtime(comm=DistComm())
         cfg = load_config(TINY, ("weight.batch_size=64",))  # 19 steps of 32 images per rank
-        seed_rank_rng(cfg.seed, rank)  # as a Train worker on a fresh start
+        seed_rank(cfg.seed, rank)  # as a Train worker on a fresh start
         got: dict = {}
 
         def checkpoint(state) -> None:
@@ -70,7 +71,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         except RanksDiverged as e:
             diverged = str(e)
         if rank == 0:
-            torch.save({"per_rank": got["per_rank"], "saved_bn": [saved["supernet"][k] for k in got["names"]],
+            torch.save({"per_rank": got["per_rank"], "saved_bn": [saved["model"][k] for k in got["names"]],
                         "names": got["names"], "rng": [r["cpu"] for r in saved["rng"]],
                         "restored": restored_all, "diverged": diverged}, out)
     finally:
@@ -120,7 +121,7 @@ def test_an_unfinished_run_is_reopened_and_a_finished_one_is_not(tmp_path):
     """The same run folder continues its MLflow run while that run is not FINISHED (a killed driver leaves it RUNNING;
     a resumed sweep marks it KILLED); once finished, a new run starts. Search and retrain share this."""
     from orchestrator import tracking
-    from orchestrator.distributed import tracked_run
+    from orchestrator.runs import tracked_run
 
     uri, storage = f"sqlite:///{tmp_path}/m.db", str(tmp_path / "runs")
     create = lambda: tracking.create_run(uri, "exp", "r")  # noqa: E731
@@ -173,7 +174,9 @@ def _drive(argv: list[str]) -> None:
     Ray at RAY_ADDRESS and prints one JSON line about the result."""
     import argparse
 
-    from orchestrator.distributed import RunSpec, run_distributed_search
+    from orchestrator.faults import Faults
+    from orchestrator.ray_train import ClusterSpec
+    from orchestrator.search.jobs import run_distributed_search
     from orchestrator.search import load_config
 
     p = argparse.ArgumentParser()
@@ -182,9 +185,10 @@ def _drive(argv: list[str]) -> None:
     p.add_argument("--pause", type=int, action="append", default=[])
     p.add_argument("--set", action="append", default=[], help="more config overrides (e.g. the data)")
     a = p.parse_args(argv)
-    spec = RunSpec(num_workers=2, storage_path=a.storage, name=a.name, tracking_uri=a.tracking_uri,
-                   experiment=a.experiment, pause_at_steps=tuple(a.pause))
-    res = run_distributed_search(load_config(TINY, (*DRIVER_OVERRIDES, *a.set)), spec)
+    spec = ClusterSpec(num_workers=2, storage_path=a.storage, name=a.name, tracking_uri=a.tracking_uri,
+                       experiment=a.experiment)
+    res = run_distributed_search(load_config(TINY, (*DRIVER_OVERRIDES, *a.set)), spec,
+                                 faults=Faults(pause_at_steps=tuple(a.pause)))
     print(json.dumps({"run_id": res.run_id, "resumed_from_step": res.search["resumed_from_step"],
                       "arch": res.search["arch"], "alpha_fingerprint": res.search["alpha_fingerprint"]}))
 

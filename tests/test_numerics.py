@@ -47,7 +47,7 @@ from orchestrator.data.transforms import COLOR_JITTER, CROP_FRACTION, IMAGENET_M
 from orchestrator.network import build_net
 from orchestrator.retrain import RetrainConfig, train_net
 from orchestrator.search import init_state, load_checkpoint, load_config, open_data, run_search, save_checkpoint
-from orchestrator.search.driver import resolve_latency
+from orchestrator.search.loop import resolve_latency
 from orchestrator.train.runtime import Precision, Runtime
 from tests.conftest import ROOT
 from tests.test_search_imagefolder import write_imagefolder

@@ -51,7 +51,7 @@ def test_the_payload_runs_when_loaded_unsafely(tmp_path, fmt):
 
 def _loaders(s3_server):
     """Every function that loads stored state, as (name, load(path) -> None)."""
-    from orchestrator.distributed import load_state_uri
+    from orchestrator.ray_train import load_state_uri
     from orchestrator.search import load_checkpoint
     from orchestrator.state_io import load_state
 

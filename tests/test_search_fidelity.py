@@ -19,7 +19,7 @@ from orchestrator.search.fidelity import OFFICIAL, PRESETS, PROJECT
 from orchestrator.search.objective import path_latency, rl_reward
 from orchestrator.search.sampling import generator, sample_path
 from orchestrator.search.config import mul_log_scale
-from orchestrator.search.driver import search_feeds
+from orchestrator.search.loop import search_feeds
 from orchestrator.search.steps import arch_gradient, arch_update_due, arch_updates_after, sample_active
 from orchestrator.spaces import get_space
 from orchestrator.supernet import Supernet

@@ -103,8 +103,10 @@ def test_search_then_retrain_on_shards_in_s3_with_two_train_workers(folders, two
     from mlflow import MlflowClient
 
     from orchestrator.data.prepare import PrepareOptions, prepare_shards
-    from orchestrator.distributed import RunSpec, run_distributed_search
-    from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
+    from orchestrator.ray_train import ClusterSpec
+    from orchestrator.retrain import retrain_config_from_dict
+    from orchestrator.retrain.jobs import run_retrain
+    from orchestrator.search.jobs import run_distributed_search
     from orchestrator.search import load_config
 
     train, val = folders
@@ -116,15 +118,15 @@ def test_search_then_retrain_on_shards_in_s3_with_two_train_workers(folders, two
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"num_classes={K}", f"data={json.dumps(data)}",
                                                          "epochs=3", "weight.batch_size=24", "arch.batch_size=12"])
-    search = run_distributed_search(cfg, RunSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="task",
-                                                 tracking_uri=tracking, experiment="task", max_failures=0))
+    search = run_distributed_search(cfg, ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="task",
+                                                     tracking_uri=tracking, experiment="task", max_failures=0))
     arch = search.search["arch"]
     assert arch.startswith(f"tiny[c{K}]:") and search.search["rank_archs"] == [arch, arch]
     assert search.search["val_images"] == K * 10 and search.search["world_size"] == 2
 
     recipe = retrain_config_from_dict({"epochs": 8, "lr": 0.1, "batch_size": 24, "data": {**data, "color_jitter":
                                                                                            "normal"}})
-    rt = run_retrain(arch, recipe, RetrainSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="task-rt",
+    rt = run_retrain(arch, recipe, ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="task-rt",
                                                tracking_uri=tracking, experiment="task", max_failures=0,
                                                parent_run_id=search.run_id), onnx_dir=tmp_path)
     assert rt.arch == arch and rt.val_images == K * 10  # every validation image once, across the two ranks

@@ -2,7 +2,7 @@
 
 Everything is checked when the config is built, so a bad value fails in milliseconds with the offending key
 named, before data, supernet or latency model are touched. Hardware names are resolved (and so checked) by
-``orchestrator.search.driver.resolve_latency`` before any other work, because the set of profiles lives elsewhere.
+``orchestrator.search.loop.resolve_latency`` before any other work, because the set of profiles lives elsewhere.
 """
 
 from __future__ import annotations
@@ -10,23 +10,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from orchestrator.config import apply_overrides, build, read_yaml, to_dict
 from orchestrator.config import fail as _fail
 from orchestrator.data.source import DataSpec
 from orchestrator.latency.profiles import RUNTIMES
-
-if TYPE_CHECKING:
-    from orchestrator.spaces import SearchSpace
+from orchestrator.search.fidelity import apply_fidelity
+from orchestrator.spaces import SearchSpace, get_space
+from orchestrator.train.core import SGDConfig
 
 REGULARIZERS = ("mul#log", "add#linear", "latency", "none")
-ARCH_ALGOS = ("grad", "rl")
-GRAD_MODES = ("two", "full_v2")
-LATENCY_PROBS = ("pair", "full")
-RL_BASELINES = ("before", "after")
-LINEAR_INITS = ("normal", "uniform")
-DERIVES = ("argmax", "budget")
 # ``arch.mul_log_unit: official``: the factor from a latency model's unit to the official code's unit for it, where
 # mul#log takes the logarithm (raw MACs for the FLOP proxy, whose reference is 300e6; milliseconds for latency).
 OFFICIAL_UNITS: dict[str, float] = {"MMAC": 1e6, "ms": 1.0}
@@ -45,17 +39,18 @@ def mul_log_scale(unit: str, mode: str) -> float:
 
 
 @dataclass(frozen=True)
-class WeightConfig:
+class WeightConfig(SGDConfig):
     """Weight step: SGD with Nesterov momentum and a cosine schedule (official ProxylessNAS defaults)."""
 
     lr: float = 0.025  # search-phase initial lr, cosine to 0 over the search epochs
-    warmup_lr: float = 0.05  # warm-up phase initial lr, its own cosine over the warm-up epochs
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
     no_decay_bn: bool = False  # BN weights without weight decay (the official search decays them; retrain does not)
     batch_size: int = 256  # the global batch of a weight step, split evenly among the ranks
+    warmup_lr: float = 0.05  # warm-up phase initial lr, its own cosine over the warm-up epochs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.warmup_lr <= 0:
+            raise ValueError(f"warmup_lr: must be positive, got {self.warmup_lr}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class ArchConfig:
     project; ``fidelity: official|paper|project`` sets them all at once (``orchestrator.search.fidelity``).
     """
 
-    algo: str = "grad"
+    algo: Literal["grad", "rl"] = "grad"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.0, 0.999)
     eps: float = 1e-8
@@ -88,13 +83,13 @@ class ArchConfig:
     # per block sampled, BinaryConnect over the pair, the inactive one run without autograd. ``full_v2`` (the
     # official default ``grad_binary_mode``): one active candidate, every other candidate of the block run without
     # autograd for its gate gradient, BinaryConnect over the whole block; costs one forward per candidate.
-    grad_mode: str = "two"
+    grad_mode: Literal["two", "full_v2"] = "two"
     # Fidelity, two mode only: the probabilities E[LAT] weighs each block's latencies with. ``pair`` (official
     # ``current_prob_over_ops``): the sampled pair's renormalised probabilities, 0 elsewhere, so only the pair moves
     # and the rescale keeps every other candidate's probability. ``full`` (this project): softmax over the block, so
     # the latency term's exact gradient reaches every candidate on every step (every α moves by about ±lr with Adam
     # β1 = 0) and pushes latency down faster; the rescale then no longer keeps the others' probabilities.
-    latency_probs: str = "full"
+    latency_probs: Literal["pair", "full"] = "full"
     # Fidelity: the official code drops a block's whole α gradient (the latency term's included) and its rescale
     # when the sampled active candidate is ``zero``. This project updates it like any other block: the inactive
     # candidate's gate gradient and the latency term are informative there too.
@@ -102,7 +97,7 @@ class ArchConfig:
     # Fidelity: REINFORCE baseline order. ``before`` (official): move the baseline toward the batch's mean reward,
     # then compute advantages against it. ``after`` (this project): advantages against the baseline of earlier
     # batches, then move it, so a batch is never compared with a baseline that already contains its own rewards.
-    rl_baseline: str = "after"
+    rl_baseline: Literal["before", "after"] = "after"
     # Fidelity: the unit in which mul#log takes log E[LAT] / log T. The ratio's pressure near the target is β / ln T,
     # so the unit matters. ``profile`` (this project): the profile's own unit (MMAC for ``flops``, ms for tables).
     # ``official``: the official code's unit, raw MACs for ``flops`` (its reference is 300e6: β / ln T = 0.0154
@@ -134,7 +129,7 @@ class InitConfig:
 
     # Fidelity: classifier init. ``uniform`` (official ``init_model``): U(±1/sqrt(fan_in)). ``normal`` (this
     # project): N(0, 0.01), the MobileNet/torchvision recipe, which starts every logit near 0 (loss near log K).
-    linear: str = "normal"
+    linear: Literal["normal", "uniform"] = "normal"
     # Fidelity: zero-initialise the last BN gamma of every residual branch, so each residual block starts as the
     # identity (Goyal et al. 2017). The official code does not. On (this project) it keeps the shortcut's signal
     # intact while sampled candidates change every step; but the gates' gradients of residual blocks are then
@@ -164,8 +159,8 @@ class SearchConfig:
     # How the net is derived from α. ``argmax`` (the paper and the official code): each block's most probable op;
     # the target is soft and the net can land above it. ``budget`` (this project): the most probable net under α
     # whose predicted latency is at most ``target`` (``orchestrator.derive``, exact), so the target is a hard budget.
-    derive: str = "budget"
-    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes; weights and α stay fp32)
+    derive: Literal["argmax", "budget"] = "budget"
+    precision: Literal["fp32", "bf16"] = "fp32"  # (autocast of forward passes; weights and α stay fp32)
     channels_last: bool = False  # channels-last memory format for activations and weights
     weight: WeightConfig = field(default_factory=WeightConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -176,10 +171,8 @@ class SearchConfig:
         validate(self)
 
     @property
-    def search_space(self) -> "SearchSpace":
+    def search_space(self) -> SearchSpace:
         """The space searched: ``space`` instantiated with the task's classes, resolution and width."""
-        from orchestrator.spaces import get_space
-
         return get_space(self.space).variant(self.num_classes, self.resolution, self.width_mult)
 
     def to_dict(self) -> dict:
@@ -203,8 +196,6 @@ def _choice(key: str, value: str, known: tuple[str, ...]) -> None:
 
 def validate(cfg: SearchConfig) -> None:
     """Range and choice checks of every key; raises ``ValueError`` naming the first offending key."""
-    from orchestrator.spaces import get_space
-
     try:
         get_space(cfg.space)
     except ValueError as e:
@@ -213,8 +204,6 @@ def validate(cfg: SearchConfig) -> None:
         cfg.search_space
     except ValueError as e:
         raise ValueError(str(e)) from None  # already names num_classes, resolution or width_mult
-    if cfg.precision not in ("fp32", "bf16"):
-        _fail("precision", f"must be fp32 or bf16, got {cfg.precision!r}")
     if not cfg.hardware:
         _fail("hardware", "must name a hardware profile, e.g. 'flops'")
     _choice("runtime", cfg.runtime, RUNTIMES)
@@ -226,19 +215,7 @@ def validate(cfg: SearchConfig) -> None:
                                f"(epochs={cfg.epochs}) so that search epochs remain")
     _positive("log_every", cfg.log_every)
     _positive("checkpoint_every", cfg.checkpoint_every, strict=False)
-    w, a = cfg.weight, cfg.arch
-    _positive("weight.lr", w.lr)
-    _positive("weight.warmup_lr", w.warmup_lr)
-    if not 0 <= w.momentum < 1:
-        _fail("weight.momentum", f"must be in [0, 1), got {w.momentum}")
-    if w.nesterov and w.momentum == 0:
-        _fail("weight.nesterov", "Nesterov momentum needs weight.momentum > 0")
-    _positive("weight.weight_decay", w.weight_decay, strict=False)
-    if not 0 <= w.label_smoothing < 1:
-        _fail("weight.label_smoothing", f"must be in [0, 1), got {w.label_smoothing}")
-    _positive("weight.batch_size", w.batch_size)
-    if a.algo not in ARCH_ALGOS:
-        _fail("arch.algo", f"unknown algorithm {a.algo!r} (known: {', '.join(ARCH_ALGOS)})")
+    a = cfg.arch
     _positive("arch.lr", a.lr)
     if len(a.betas) != 2 or not all(0 <= b < 1 for b in a.betas):
         _fail("arch.betas", f"must be two numbers in [0, 1), got {a.betas}")
@@ -265,14 +242,9 @@ def validate(cfg: SearchConfig) -> None:
     _positive("arch.rl_tradeoff", a.rl_tradeoff, strict=False)
     _positive("arch.rl_updates_per_epoch", a.rl_updates_per_epoch)
     _positive("arch.rl_batch_size", a.rl_batch_size)
-    _choice("arch.grad_mode", a.grad_mode, GRAD_MODES)
-    _choice("arch.latency_probs", a.latency_probs, LATENCY_PROBS)
-    _choice("arch.rl_baseline", a.rl_baseline, RL_BASELINES)
     if a.skip_first_search_epoch and cfg.epochs - cfg.warmup_epochs < 2:
         _fail("arch.skip_first_search_epoch", f"with {cfg.epochs - cfg.warmup_epochs} search epoch(s) no "
                                               f"architecture step would run; raise epochs or switch it off")
-    _choice("init.linear", cfg.init.linear, LINEAR_INITS)
-    _choice("derive", cfg.derive, DERIVES)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -280,8 +252,6 @@ def validate(cfg: SearchConfig) -> None:
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
     """Build and validate a config from a raw dict and ``--set`` overrides; a ``fidelity`` key (in either) sets
     every fidelity switch at once (``orchestrator.search.fidelity`` has the presets and the precedence)."""
-    from orchestrator.search.fidelity import apply_fidelity
-
     if not isinstance(data, dict):
         raise ValueError(f"a search config must be a mapping, got {type(data).__name__}")
     data, overrides = apply_fidelity(data, overrides)

@@ -20,13 +20,9 @@ from orchestrator.search.config import SearchConfig, mul_log_scale
 from orchestrator.search.sampling import generator
 from orchestrator.spaces import SearchSpace
 from orchestrator.supernet import ArchLogits, Supernet
-from orchestrator.train.core import CHECKPOINT_VERSION, Trainer, cosine_lr, plain_window, sgd
-from orchestrator.train.runtime import Runtime, average_bn_stats, rng_state, set_rng_state
-
-STATE_VERSION = CHECKPOINT_VERSION
-# Keys that may differ between a checkpoint and the config resuming it (they change no computed value).
-_RESUME_FREE_KEYS = ("log_every", "checkpoint_every")
-_RESUME_FREE_DATA = ("workers", "prefetch", "mp_context", "endpoint", "uri", "valid_uri")
+from orchestrator.train.checkpoint import RESUME_FREE, check_resume, cpu, header, loop_state, restore_loop_state
+from orchestrator.train.core import Trainer, cosine_lr, sgd
+from orchestrator.train.runtime import Runtime
 
 
 @dataclass
@@ -68,7 +64,8 @@ class SearchState:
         return self.epoch >= self.cfg.warmup_epochs
 
 
-def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int, rt: Runtime | None = None) -> SearchState:
+def init_state(cfg: SearchConfig, latency: LatencyModel, steps_per_epoch: int,
+               rt: Runtime | None = None) -> SearchState:
     """A fresh search: supernet and α initialised from the seed alone (on the CPU, so every device and every
     rank starts from the same bits), then moved to the runtime's device."""
     rt = rt or Runtime()
@@ -104,96 +101,26 @@ def weight_lr(cfg: SearchConfig, step: int, steps_per_epoch: int) -> float:
     return cosine_lr(cfg.weight.lr, step - warm, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch)
 
 
-def _cpu(obj):
-    """Tensors of a (nested) state on the CPU, detached and cloned: a checkpoint loads on any device."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu").clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
 def state_dict(state: SearchState) -> dict:
-    """Everything needed to continue the search exactly, as tensors and plain Python values (loads with
-    ``weights_only=True``). Collective: every rank calls it; BN statistics are averaged across ranks first and
-    every rank's random state is gathered, so rank 0's copy describes the whole group."""
-    from orchestrator.provenance import provenance
-
-    average_bn_stats(state.supernet, state.rt.comm)
-    rngs = state.rt.comm.gather(_cpu(rng_state(state.rt.device)))
-    return {
-        "version": STATE_VERSION,
-        "kind": "search",
-        "config": state.cfg.to_dict(),
-        "space": state.space.name,
-        "space_fingerprint": state.space.fingerprint(),
-        "hardware": state.latency.hardware,
-        "steps_per_epoch": state.steps_per_epoch,
-        "world_size": state.rt.world,
-        "supernet": _cpu(state.supernet.state_dict()),
-        "alpha": _cpu(state.logits.alpha),
-        "weight_opt": _cpu(state.weight_opt.state_dict()),
-        "arch_opt": _cpu(state.arch_opt.state_dict()),
-        "step": state.step,
-        "arch_step": state.arch_step,
-        "baseline": state.baseline,
-        "window": plain_window(state.window),
-        "history": [dict(h) for h in state.history],
-        "seconds": dict(state.seconds),
-        "rng": rngs,
-        "provenance": provenance(),
-    }
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        if not prefix and k in _RESUME_FREE_KEYS or prefix == "data." and k in _RESUME_FREE_DATA:
-            continue
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(prefix + k)
-    return keys
-
-
-def _check_compatible(state: SearchState, saved: dict) -> None:
-    if saved.get("version") != STATE_VERSION or saved.get("kind") != "search":
-        raise ValueError(f"checkpoint is not a search state of format {STATE_VERSION} (version "
-                         f"{saved.get('version')!r}, kind {saved.get('kind')!r})")
-    if saved["space_fingerprint"] != state.space.fingerprint():
-        raise ValueError(f"checkpoint is of space {saved.get('space', '?')!r} (fingerprint "
-                         f"{saved['space_fingerprint']}), not {state.space.name!r} ({state.space.fingerprint()})")
-    if saved["steps_per_epoch"] != state.steps_per_epoch:
-        raise ValueError(f"checkpoint has {saved['steps_per_epoch']} steps per epoch, data and workers give "
-                         f"{state.steps_per_epoch} (another dataset, batch size or worker count)")
+    """Everything needed to continue the search exactly, in the one checkpoint format (``train.checkpoint``):
+    tensors and plain Python values (loads with ``weights_only=True``). Collective: every rank calls it."""
+    saved = header("search", state.cfg.to_dict(), state.space, state.steps_per_epoch, state.supernet, state.rt)
+    return {**saved, **loop_state(state), "hardware": state.latency.hardware,
+            "model": cpu(state.supernet.state_dict()), "opt": cpu(state.weight_opt.state_dict()),
+            "alpha": cpu(state.logits.alpha), "arch_opt": cpu(state.arch_opt.state_dict()),
+            "arch_step": state.arch_step, "baseline": state.baseline}
 
 
 def _load_weights(state: SearchState, saved: dict) -> None:
-    dev = state.rt.device
-    state.supernet.load_state_dict(saved["supernet"])
-    state.weight_opt.load_state_dict(saved["weight_opt"])
-    state.step = saved["step"]
-    state.window = {k: (float(s), int(n)) for k, (s, n) in saved["window"].items()}
-    state.history = [dict(h) for h in saved["history"]]
-    rngs = saved["rng"]
-    if len(rngs) == state.rt.world:
-        set_rng_state(rngs[state.rt.rank], dev)
-    else:  # another world size: weights, α and optimisers are exact; later random draws are new
-        torch.manual_seed(hash((state.cfg.seed, state.step, state.rt.rank)) & 0xFFFFFFFF)
+    state.supernet.load_state_dict(saved["model"])
+    state.weight_opt.load_state_dict(saved["opt"])
+    restore_loop_state(state, saved, state.cfg.seed)
 
 
 def load_state_dict(state: SearchState, saved: dict) -> None:
     """Restore a checkpoint into a state built from the same config; ``ValueError`` names what does not match."""
-    _check_compatible(state, saved)
-    diff = _config_diff(state.cfg.to_dict(), saved["config"])
-    if diff:
-        raise ValueError(f"checkpoint was written with another config (differs in {', '.join(diff)})")
-    _load_weights(state, saved)
-    state.seconds = dict(saved["seconds"])  # a resumed run goes on timing (a fork from a warm-up starts at 0)
+    check_resume(saved, "search", state.cfg.to_dict(), state.space, state.steps_per_epoch)
+    _load_weights(state, saved)  # a resumed run goes on timing (its seconds are restored)
     with torch.no_grad():
         state.logits.alpha.copy_(saved["alpha"])
     state.arch_opt.load_state_dict(saved["arch_opt"])
@@ -212,13 +139,22 @@ def warmup_steps(state: SearchState) -> int:
 def fork_from_warmup(state: SearchState, saved: dict) -> None:
     """Start this search from a shared warm-up checkpoint (same space, data, seed and weight recipe; any hardware
     and target), so that a sweep pays for warm-up once. α and its optimiser stay this search's own."""
-    _check_compatible(state, saved)
+    free = RESUME_FREE + tuple(k for k in _config_keys(state.cfg.to_dict()) if k.startswith(_FORK_FREE))
+    check_resume(saved, "search", state.cfg.to_dict(), state.space, state.steps_per_epoch, free=free,
+                 what="warm-up checkpoint")
     if saved["step"] != warmup_steps(state) or saved["arch_step"] != 0:
         raise ValueError(f"checkpoint at step {saved['step']} is not the end of warm-up (step {warmup_steps(state)})")
-    diff = [k for k in _config_diff(state.cfg.to_dict(), saved["config"]) if not k.startswith(_FORK_FREE)]
-    if diff:
-        raise ValueError(f"warm-up checkpoint was written with another config (differs in {', '.join(diff)})")
+    fresh = dict(state.seconds)
     _load_weights(state, saved)
+    state.seconds = fresh  # a fork times its own search (the warm-up is the sweep's)
+
+
+def _config_keys(config: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dict."""
+    out = []
+    for k, v in config.items():
+        out += _config_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return out
 
 
 def alpha_fingerprint(state: SearchState) -> str:

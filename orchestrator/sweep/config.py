@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cluster_checks import check_worker_shape
+from orchestrator.config import apply_overrides, read_yaml, to_dict
+from orchestrator.latency.hardware import default_profile
+from orchestrator.search.config import load_config
+from orchestrator.search.loop import resolve_latency
 from orchestrator.latency.profiles import RUNTIMES
-from orchestrator.retrain import RetrainConfig, retrain_config_from_dict
+from orchestrator.retrain.config import RetrainConfig, retrain_config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +118,6 @@ class SweepConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        from orchestrator.config import to_dict
-
         return to_dict(self)
 
 
@@ -137,8 +139,6 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
         raise ValueError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
     hw = item["hardware"]
     if hw == THIS_CPU:
-        from orchestrator.latency.hardware import default_profile
-
         hw = default_profile("cpu").name
     targets, kwargs = item.get("targets"), {}
     if isinstance(targets, dict):
@@ -210,8 +210,6 @@ def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> Swee
     kwargs["seeds"] = tuple(seeds)
     retrain = data.get("retrain", {})
     if isinstance(retrain, str):  # a retrain config file, e.g. retrain-imagenet.yaml
-        from orchestrator.config import read_yaml
-
         path = Path(_resolve_path(retrain, base_dir))
         retrain = read_yaml(path)
         retrain = retrain.get("retrain", retrain) if isinstance(retrain, dict) else retrain
@@ -248,7 +246,6 @@ def _resolve_path(p: str, base_dir: Path) -> str:
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep YAML, apply ``--set key=value`` overrides, validate; ``ValueError`` names the bad key."""
-    from orchestrator.config import apply_overrides, read_yaml
 
     path = Path(path)
     data = read_yaml(path)
@@ -285,15 +282,11 @@ class HardwareInfo:
 
 def base_config(sweep: SweepConfig):
     """The base search config with the sweep's overrides applied (checked like ``nas search --config``)."""
-    from orchestrator.search import load_config
-
     return load_config(sweep.search, sweep.overrides)
 
 
 def hardware_info(sweep: SweepConfig) -> dict[str, HardwareInfo]:
     """Every hardware's latency model on the sweep's space: its unit and reachable range (fails on a bad table)."""
-    from orchestrator.search import resolve_latency
-
     cfg = base_config(sweep)
     out = {}
     for g in sweep.grid:

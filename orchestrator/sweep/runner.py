@@ -16,8 +16,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Callable
+
+from orchestrator import storage as st
+from orchestrator import tracking
+from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
 from orchestrator.ray_session import ray_session
-from orchestrator.sweep.config import SweepConfig, base_config, hardware_info, resolve_points
+from orchestrator.ray_train import ClusterSpec
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.jobs import run_distributed_search
+from orchestrator.sweep.config import SweepConfig, TrialPoint, base_config, hardware_info, resolve_points
+from orchestrator.sweep.measure import check_hardware_available
+from orchestrator.sweep.report import compare_fronts
+from orchestrator.sweep.trial import TrialContext, draw_target, sweep_trial
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +58,6 @@ class SweepResult:
 
 
 def _meta_io(storage: str, name: str):
-    from orchestrator import storage as st
-
     loc = st.resolve(storage)
     rel = f"{name}/{META_FILE}"
     read = lambda: json.loads(st.read_bytes(loc, rel)) if st.exists(loc, rel) else None  # noqa: E731
@@ -58,8 +67,6 @@ def _meta_io(storage: str, name: str):
 
 def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, points) -> tuple[dict, bool]:
     """The sweep's MLflow parent run: created once, reused on resume (its stale children closed as KILLED)."""
-    from orchestrator import tracking
-
     meta = read()
     if meta is not None:
         if meta.get("config") != json.loads(json.dumps(sweep.to_dict())):  # as stored: tuples become lists
@@ -77,23 +84,27 @@ def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, points) -
     return meta, False
 
 
-def _run_warmups(sweep: SweepConfig, cfg, uri: str, meta: dict, write, seeds: list[int]) -> float:
-    """One warm-up search per seed (shared by every trial of that seed); already finished ones are skipped."""
-    from orchestrator.distributed import RunSpec, run_distributed_search
+def sweep_cluster(sweep: SweepConfig) -> ClusterSpec:
+    """The workers of each of the sweep's runs (warm-ups, searches, retrains)."""
+    return ClusterSpec(num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
+                       use_gpu=sweep.use_gpu, allow_autoscale=sweep.allow_autoscale)
 
+
+def _run_warmups(sweep: SweepConfig, cfg: SearchConfig, uri: str, meta: dict, write: Callable[[dict], None],
+                 seeds: list[int]) -> float:
+    """One warm-up search per seed (shared by every trial of that seed); already finished ones are skipped."""
     total = 0.0
     for seed in seeds:
         done = meta["warmups"].get(str(seed))
         if done:
             total += done["worker_seconds"]
             continue
-        spec = RunSpec(num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
-                       use_gpu=sweep.use_gpu, allow_autoscale=sweep.allow_autoscale,
-                       storage_path=f"{meta['storage']}/searches", name=f"warmup-s{seed}", tracking_uri=uri,
-                       experiment=sweep.name, parent_run_id=meta["parent_run_id"], warmup_only=True,
-                       tags=(("nas.kind", "warmup"), ("nas.sweep", sweep.name),
-                             ("nas.sweep_run_id", meta["parent_run_id"]), ("nas.seed", str(seed))))
-        res = run_distributed_search(cfg.replace(seed=seed), spec)
+        spec = sweep_cluster(sweep).replace(
+            storage_path=f"{meta['storage']}/searches", name=f"warmup-s{seed}", tracking_uri=uri,
+            experiment=sweep.name, parent_run_id=meta["parent_run_id"],
+            tags=(("nas.kind", "warmup"), ("nas.sweep", sweep.name), ("nas.sweep_run_id", meta["parent_run_id"]),
+                  ("nas.seed", str(seed))))
+        res = run_distributed_search(cfg.replace(seed=seed), spec, warmup_only=True)
         meta["warmups"][str(seed)] = {"state_uri": res.state_uri, "run_id": res.run_id,
                                       "worker_seconds": res.worker_seconds}
         write(meta)
@@ -102,25 +113,21 @@ def _run_warmups(sweep: SweepConfig, cfg, uri: str, meta: dict, write, seeds: li
     return total
 
 
-def _param_space(sweep: SweepConfig, points, ctx: dict) -> tuple[dict, int]:
+def _param_space(sweep: SweepConfig, points: list[TrialPoint], ctx: TrialContext) -> tuple[dict, int]:
     from ray import tune
 
-    from orchestrator.sweep.trial import draw_target
-
     if not sweep.grid[0].sampled:
-        return {"point": tune.grid_search([dataclasses.asdict(p) for p in points]), "ctx": ctx}, 1
-    ctx = {**ctx, "ranges": {g.hardware: [g.distribution, g.low, g.high] for g in sweep.grid}}
-    seeds = list(sweep.seeds) or [ctx["default_seed"]]
+        return {"point": tune.grid_search([dataclasses.asdict(p) for p in points]), "ctx": ctx.to_dict()}, 1
+    ctx = dataclasses.replace(ctx, ranges={g.hardware: [g.distribution, g.low, g.high] for g in sweep.grid})
+    seeds = list(sweep.seeds) or [ctx.default_seed]
     return {"hardware": tune.grid_search([g.hardware for g in sweep.grid]), "seed": tune.grid_search(seeds),
-            "target": tune.sample_from(draw_target), "ctx": ctx}, sweep.grid[0].samples
+            "target": tune.sample_from(draw_target), "ctx": ctx.to_dict()}, sweep.grid[0].samples
 
 
 def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
     """A new Tuner, or the restored one when this sweep's Tune state exists (finished trials are kept)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
-
-    from orchestrator.sweep.trial import sweep_trial
 
     trainable = tune.with_resources(sweep_trial, {"CPU": 0.01})
     fs = loc.fs if loc.is_s3 else None
@@ -141,9 +148,6 @@ def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
 
 def check_cluster(sweep: SweepConfig) -> None:
     """Resources a trial needs at once must exist (Ray Train retries an unplaceable worker group forever)."""
-    from orchestrator.cluster_checks import check_resources, per_worker_resources
-    from orchestrator.sweep.measure import check_hardware_available
-
     check_resources(sweep.workers_per_trial, per_worker_resources(sweep.cpus_per_worker, sweep.use_gpu),
                     sweep.allow_autoscale)
     for g in sweep.grid:
@@ -152,11 +156,6 @@ def check_cluster(sweep: SweepConfig) -> None:
 
 def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
     """Run (or resume) ``sweep``: warm-up once, trials on Tune, fronts from MLflow logged to the parent run."""
-    from orchestrator import tracking
-    from orchestrator.cluster_checks import check_storage
-    from orchestrator.storage import resolve as resolve_storage
-    from orchestrator.sweep.report import compare_fronts
-
     t0 = time.time()
     cfg = base_config(sweep)
     info = hardware_info(sweep)
@@ -164,7 +163,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
     uri = tracking.resolve_tracking_uri(sweep.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve()))
-    loc = resolve_storage(storage)
+    loc = st.resolve(storage)
     read, write = _meta_io(storage, sweep.name)
     with ray_session(address, num_cpus):
         check_cluster(sweep)
@@ -173,16 +172,15 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
         seeds = sorted({p.seed for p in points} | set(sweep.seeds) or {cfg.seed})
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
         n_trials = len(points) or len(sweep.grid) * sweep.grid[0].samples * len(seeds)
-        ctx = {"name": sweep.name, "search": cfg.to_dict(), "tracking_uri": uri, "experiment": sweep.name,
-               "parent_run_id": meta["parent_run_id"], "storage": meta["storage"],
-               "warmups": meta["warmups"] if sweep.shared_warmup else {},
-               "tables": {g.hardware: g.table for g in sweep.grid if g.table}, "workers": sweep.workers_per_trial,
-               "runtimes": {h: i.runtime for h, i in info.items()},
-               "fronts": {g.hardware: list(g.front) for g in sweep.grid if g.front},
-               "cpus_per_worker": sweep.cpus_per_worker, "measure_rounds": sweep.measure_rounds,
-               "use_gpu": sweep.use_gpu, "allow_autoscale": sweep.allow_autoscale,
-               "trials_per_warmup": max(1, n_trials // max(1, len(seeds))), "default_seed": cfg.seed,
-               "retrain": sweep.retrain.to_dict() if sweep.retrain else None}
+        ctx = TrialContext(
+            name=sweep.name, search=cfg.to_dict(), tracking_uri=uri, parent_run_id=meta["parent_run_id"],
+            storage=meta["storage"], cluster=sweep_cluster(sweep),
+            trials_per_warmup=max(1, n_trials // max(1, len(seeds))), default_seed=cfg.seed,
+            warmups=meta["warmups"] if sweep.shared_warmup else {},
+            tables={g.hardware: g.table for g in sweep.grid if g.table},
+            runtimes={h: i.runtime for h, i in info.items()},
+            fronts={g.hardware: list(g.front) for g in sweep.grid if g.front}, measure_rounds=sweep.measure_rounds,
+            retrain=sweep.retrain.to_dict() if sweep.retrain else None)
         space, samples = _param_space(sweep, points, ctx)
         tuner, restored = _tuner(sweep, space, samples, loc)
         grid = tuner.fit()

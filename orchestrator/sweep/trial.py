@@ -9,8 +9,67 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+
+from orchestrator import tracking
+from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
+from orchestrator.derive import derive_front, log_probs_from_alpha
+from orchestrator.ray_train import ClusterSpec
+from orchestrator.retrain.config import retrain_config_from_dict
+from orchestrator.retrain.jobs import run_retrain
+from orchestrator.search.config import SearchConfig, config_from_dict
+from orchestrator.search.jobs import SearchRun, run_distributed_search
+from orchestrator.search.loop import resolve_latency
+from orchestrator.sweep.measure import measure_latency
+
+__all__ = ["TrialContext", "trial_point", "draw_target", "point_key", "sweep_trial", "front_points"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs, the same for every trial of a sweep. It travels in the Tune config as plain data
+    (``to_dict``), so a restored sweep rebuilds identical trials."""
+
+    name: str  # the sweep's name: its MLflow experiment
+    search: dict  # the base search config
+    tracking_uri: str
+    parent_run_id: str  # the sweep's MLflow run
+    storage: str  # the sweep's folder: searches/ and retrains/ go under it
+    cluster: ClusterSpec  # each trial's workers (its storage, name, experiment and tags are set per run)
+    trials_per_warmup: int
+    default_seed: int
+    warmups: dict[str, dict] = field(default_factory=dict)  # seed -> the shared warm-up's state_uri, run, seconds
+    tables: dict[str, str] = field(default_factory=dict)  # hardware -> latency table URI
+    runtimes: dict[str, str] = field(default_factory=dict)  # hardware -> the runtime its table was measured in
+    fronts: dict[str, list[float]] = field(default_factory=dict)  # hardware -> extra budgets derived from α
+    ranges: dict[str, list] = field(default_factory=dict)  # hardware -> [distribution, low, high] (sampled grids)
+    measure_rounds: int | None = None
+    retrain: dict | None = None  # the retrain config, or None: search and measure only
+
+    @property
+    def experiment(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialContext":
+        cluster = dict(d["cluster"])
+        cluster["tags"] = tuple(map(tuple, cluster.get("tags", ())))
+        return cls(**{**d, "cluster": ClusterSpec(**cluster)})
+
+    def run_cluster(self, kind: str, name: str, parent_run_id: str, tags: dict[str, str]) -> ClusterSpec:
+        """The cluster spec of one of the trial's runs: under ``<storage>/<kind>/<name>``, nested under
+        ``parent_run_id``, in the sweep's experiment, with no progress bar."""
+        return self.cluster.replace(storage_path=f"{self.storage}/{kind}", name=name, tracking_uri=self.tracking_uri,
+                                    experiment=self.experiment, parent_run_id=parent_run_id,
+                                    tags=tuple(tags.items()), progress=False)
 
 
 def trial_point(config: dict) -> tuple[str, float, int]:
@@ -21,9 +80,6 @@ def trial_point(config: dict) -> tuple[str, float, int]:
 
 def draw_target(spec) -> float:
     """A Tune ``sample_from``: a target from the trial's hardware's own range (units differ per hardware)."""
-    import math
-    import random
-
     cfg = spec.config
     hw = cfg["hardware"]
     dist, low, high = cfg["ctx"]["ranges"][hw]
@@ -41,38 +97,30 @@ def sweep_trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator import tracking
-    from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
-    from orchestrator.distributed import RunSpec, run_distributed_search
-    from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
-    from orchestrator.search.config import config_from_dict
-    from orchestrator.sweep.measure import measure_latency
-
-    ctx = config["ctx"]
+    ctx = TrialContext.from_dict(config["ctx"])
     hw, target, seed = trial_point(config)
     key = point_key(hw, target, seed)
-    table = ctx["tables"].get(hw)
-    uri, experiment, parent = ctx["tracking_uri"], ctx["experiment"], ctx["parent_run_id"]
-    base = config_from_dict(ctx["search"])
+    table = ctx.tables.get(hw)
+    uri, parent = ctx.tracking_uri, ctx.parent_run_id
+    base = config_from_dict(ctx.search)
     cfg = base.replace(hardware=hw, target=target, seed=seed, latency_table=table,
-                       runtime=ctx.get("runtimes", {}).get(hw, base.runtime))
-    warm = ctx["warmups"].get(str(seed))  # None when every trial pays its own warm-up
-    lineage = {"nas.sweep": ctx["name"], "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
-    spec = RunSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
-                   allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/searches", name=f"search-{key}", tracking_uri=uri,
-                   experiment=experiment, parent_run_id=parent, warm_start=warm["state_uri"] if warm else None,
-                   tags=tuple({**lineage, "nas.warm_start": warm["state_uri"] if warm else "",
-                               "nas.warmup_run_id": warm["run_id"] if warm else ""}.items()))
-    res = run_distributed_search(cfg, spec, callbacks=(TuneReportCallback(),))
+                       runtime=ctx.runtimes.get(hw, base.runtime))
+    warm = ctx.warmups.get(str(seed))  # None when every trial pays its own warm-up
+    lineage = {"nas.sweep": ctx.name, "nas.sweep_run_id": parent, "nas.trial": key, "nas.seed": str(seed)}
+    spec = ctx.run_cluster("searches", f"search-{key}", parent, {
+        **lineage, "nas.warm_start": warm["state_uri"] if warm else "",
+        "nas.warmup_run_id": warm["run_id"] if warm else ""})
+    res = run_distributed_search(cfg, spec, warm_start=warm["state_uri"] if warm else None,
+                                 callbacks=(TuneReportCallback(),))
     arch = res.search["arch"]
-    lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"), cfg.runtime)
+    lat = measure_latency(arch, hw, table, ctx.measure_rounds, cfg.runtime)
     tracking.log_artifact_files(uri, res.run_id, {"latency.json": lat.to_json()})
     tracking.set_tags(uri, res.run_id, {"nas.runtime": lat.runtime, "nas.latency_source": lat.source})
     tracking.log_metrics(uri, res.run_id, {"measured_latency": lat.value}, step=res.search["steps"])
     on_gpu = str(res.search.get("device", "cpu")).startswith("cuda")
-    warm_share = warm["worker_seconds"] / ctx["trials_per_warmup"] if warm else 0.0
-    point = (search_cost(res.search.get("seconds", {}), res.worker_seconds, ctx["workers"], on_gpu)
-             + warmup_share(warm["worker_seconds"] if warm else 0.0, ctx["trials_per_warmup"], on_gpu)
+    warm_share = warm["worker_seconds"] / ctx.trials_per_warmup if warm else 0.0
+    point = (search_cost(res.search.get("seconds", {}), res.worker_seconds, ctx.cluster.num_workers, on_gpu)
+             + warmup_share(warm["worker_seconds"] if warm else 0.0, ctx.trials_per_warmup, on_gpu)
              + measurement_cost(lat.seconds, hw.startswith("cuda-")))
     cost = {"search_worker_seconds": res.worker_seconds, "warmup_share_worker_seconds": warm_share,
             "measure_seconds": lat.seconds}
@@ -82,16 +130,13 @@ def sweep_trial(config: dict) -> None:
            "supernet_valid_accuracy": res.search.get("valid_accuracy"), **cost}
     within = {"within_budget": float(lat.value <= target), "predicted_within_budget": float(lat.predicted <= target)}
     tracking.log_metrics(uri, res.run_id, within, step=res.search["steps"])
-    if ctx["retrain"] is not None:
+    if ctx.retrain is not None:
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{target:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "search",
                 "nas.runtime": lat.runtime, "nas.latency_source": lat.source,
                 "nas.derive": res.search.get("derive", "argmax")}
-        rspec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
-                            allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
-                            name=f"retrain-{key}", tracking_uri=uri,
-                            experiment=experiment, parent_run_id=res.run_id, tags=tuple(tags.items()))
-        rt = run_retrain(arch, retrain_config_from_dict(ctx["retrain"]), rspec, callbacks=(TuneReportCallback(),),
+        rspec = ctx.run_cluster("retrains", f"retrain-{key}", res.run_id, tags)
+        rt = run_retrain(arch, retrain_config_from_dict(ctx.retrain), rspec, callbacks=(TuneReportCallback(),),
                          extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
                                         "target": target, **within, **cost},
                          extra_files={"latency.json": lat.to_json()}, cost_before=point)
@@ -102,42 +147,32 @@ def sweep_trial(config: dict) -> None:
                                                "point_gpu_seconds": point.total_gpu, **point.metrics()},
                              step=res.search["steps"])
     out.update(point_worker_seconds=point.total_worker, point_gpu_seconds=point.total_gpu)
-    if ctx["retrain"] is not None and ctx.get("fronts", {}).get(hw):
+    if ctx.retrain is not None and ctx.fronts.get(hw):
         out["front_points"] = front_points(ctx, cfg, res, key, lineage)
     log.info("trial %s: %s", key, json.dumps(out, default=str))
     tune.report({**out, "trial_done": 1})
 
 
-def front_points(ctx: dict, cfg, res, key: str, lineage: dict) -> int:
+def front_points(ctx: TrialContext, cfg: SearchConfig, res: SearchRun, key: str, lineage: dict) -> int:
     """The grid's extra budgets for this hardware, derived from this trial's α (no further search): each distinct
     net is measured on its hardware and retrained, tagged ``nas.point=front`` with its budget and its search.
     Returns how many were retrained."""
-    from orchestrator import tracking
-    from orchestrator.cost import measurement_cost
-    from orchestrator.derive import derive_front, log_probs_from_alpha
-    from orchestrator.retrain import RetrainSpec, retrain_config_from_dict, run_retrain
-    from orchestrator.search import resolve_latency
-    from orchestrator.sweep.measure import measure_latency
-
-    hw, table, uri = cfg.hardware, cfg.latency_table, ctx["tracking_uri"]
+    hw, table, uri = cfg.hardware, cfg.latency_table, ctx.tracking_uri
     model = resolve_latency(cfg)
     done, count = {res.search["arch"]}, 0
-    for d in derive_front(log_probs_from_alpha(res.search["alpha"], model), model, ctx["fronts"][hw]):
+    for d in derive_front(log_probs_from_alpha(res.search["alpha"], model), model, ctx.fronts[hw]):
         arch = d.arch.encode()
         if arch in done:  # the same net as the trial's own, or as a looser budget's: one point is enough
             continue
         done.add(arch)
-        lat = measure_latency(arch, hw, table, ctx.get("measure_rounds"), cfg.runtime)
+        lat = measure_latency(arch, hw, table, ctx.measure_rounds, cfg.runtime)
         within = {"within_budget": float(lat.value <= d.budget), "predicted_within_budget": 1.0}
         tags = {**lineage, "nas.search_run_id": res.run_id, "nas.hardware": hw, "nas.target": f"{d.budget:g}",
                 "nas.latency_unit": lat.unit, "nas.latency_method": lat.method, "nas.point": "front",
                 "nas.runtime": lat.runtime, "nas.latency_source": lat.source,
                 "nas.front_budget": f"{d.budget:g}", "nas.derive": "budget"}
-        spec = RetrainSpec(num_workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], progress=False,
-                           allow_autoscale=ctx["allow_autoscale"], storage_path=f"{ctx['storage']}/retrains",
-                           name=f"retrain-{key}-front-{d.budget:.4g}", tracking_uri=uri,
-                           experiment=ctx["experiment"], parent_run_id=res.run_id, tags=tuple(tags.items()))
-        run_retrain(arch, retrain_config_from_dict(ctx["retrain"]), spec,
+        spec = ctx.run_cluster("retrains", f"retrain-{key}-front-{d.budget:.4g}", res.run_id, tags)
+        run_retrain(arch, retrain_config_from_dict(ctx.retrain), spec,
                     extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
                                    "target": d.budget, "log_prob": d.log_prob, **within},
                     extra_files={"latency.json": lat.to_json()},

@@ -1,5 +1,5 @@
 """The training core that search, warm-up and retrain share: optimiser and schedule, one weight step, one
-distributed evaluation, and the per-rank state of a checkpoint.
+distributed evaluation, and the weight optimiser's config (``SGDConfig``).
 
 A ``Trainer`` trains one model on one rank (``Runtime``: device, precision, collectives). The search gives each
 step the sampled path as its forward function; a retrain trains the standalone net itself. Nothing here knows
@@ -18,7 +18,41 @@ from torch import nn
 
 from orchestrator.train.runtime import Runtime, eval_bn
 
-CHECKPOINT_VERSION = 2  # search and retrain checkpoints: per-rank RNG, BN averaged, runtime-independent
+__all__ = ["SGDConfig", "cosine_lr", "sgd", "Trainer", "evaluate", "Metrics", "metrics_window", "read_window"]
+
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """The weight optimiser of search and retrain alike: SGD with (Nesterov) momentum, weight decay (optionally none
+    on BatchNorm), label smoothing, and the global batch of a step (split evenly among the ranks). A search's
+    ``weight:`` section and a retrain config extend it with their own schedule and defaults."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    no_decay_bn: bool = True  # BN weights without weight decay (official retraining: no_decay_keys='bn')
+    label_smoothing: float = 0.1
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be non-negative, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
+
+    def optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        """This recipe's SGD over ``model``'s parameters (its learning rate is set at every step)."""
+        return sgd(model, self.lr, self.momentum, self.nesterov, self.weight_decay, self.no_decay_bn)
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -109,16 +143,3 @@ def read_window(window: dict[str, tuple[torch.Tensor | float, int]]) -> dict[str
     return {k: float(s) / n for k, (s, n) in window.items() if n}
 
 
-def plain_window(window: dict) -> dict[str, tuple[float, int]]:
-    """The running sums as plain floats, for a checkpoint."""
-    return {k: (float(s), int(n)) for k, (s, n) in window.items()}
-
-
-@dataclass(frozen=True)
-class StepTimes:
-    """Seconds spent per phase, each timed directly around its own work (not split from a total)."""
-
-    warmup: float = 0.0
-    weight: float = 0.0
-    arch: float = 0.0
-    eval: float = 0.0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from orchestrator.data.transforms import normalize_images, pixel_stats
@@ -83,15 +84,11 @@ class DistComm(Comm):
     flattened into one buffer per call, in the caller's order, which is the same on every rank."""
 
     def __init__(self) -> None:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialised: DistComm runs inside Train workers")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def _reduce(self, tensors: Sequence[torch.Tensor], mean: bool) -> None:
-        import torch.distributed as dist
-
         if not tensors or self.world == 1:
             return
         flat = torch.cat([t.reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
@@ -112,8 +109,6 @@ class DistComm(Comm):
         self._reduce(tensors, mean=False)
 
     def gather(self, value: Any) -> list[Any]:
-        import torch.distributed as dist
-
         if self.world == 1:
             return [value]
         out: list[Any] = [None] * self.world

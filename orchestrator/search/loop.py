@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +28,14 @@ from orchestrator.search.state import (
     fork_from_warmup,
     init_state,
     load_state_dict,
+    state_dict,
     warmup_steps,
 )
 from orchestrator.search.steps import arch_step, arch_updates_after, weight_step
-from orchestrator.train.core import evaluate, metrics_window, read_window
+from orchestrator.state_io import load_state, save_state
+from orchestrator.derive import derive_under_budget, fastest_latency, log_probs_from_alpha
+from orchestrator.train.core import evaluate
+from orchestrator.train.loop import Clock, Hooks, Schedule, rank_feed, run_loop
 from orchestrator.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -89,78 +92,24 @@ def open_data(cfg: SearchConfig) -> Splits:
     return open_splits(cfg.data, space.resolution, space.num_classes, "search", f"space {space.name!r}")
 
 
-def local_batch(global_batch: int, world: int, key: str) -> int:
-    """Each rank's share of a global batch; ``ValueError`` when it does not split evenly."""
-    if global_batch % world:
-        raise ValueError(f"{key}: the global batch {global_batch} does not split evenly over {world} workers")
-    return global_batch // world
-
-
-class _NoBar:
-    """What ``progress=False`` draws: nothing."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **values: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(progress: bool | Callable[..., Any], total: int, done: int, desc: str) -> Any:
-    """A tqdm bar (``progress=True``), none (``False``), or one built by ``progress(total, done, desc)`` (a Ray
-    Train worker shows its bar on the driver's console that way)."""
-    if callable(progress):
-        return progress(total, done, desc)
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm  # here, not at the top: a quiet one-process run needs no tqdm (test_torch_only)
-
-    return tqdm(total=total, initial=done, desc=desc, unit="step")
-
-
-def search_feeds(cfg: SearchConfig, data: Splits, rank: int = 0, world: int = 1,
-                 pin_memory: bool = False) -> tuple[Feed, Feed]:
+def search_feeds(cfg: SearchConfig, data: Splits, rt: Runtime | None = None) -> tuple[Feed, Feed]:
     """The weight-training and held-out feeds of one rank; ``ValueError`` before any step when a rank would get
     less than one batch of either (not at the first architecture step, after the warm-up)."""
-    train = cfg.data.feed(data.train, batch_size=local_batch(cfg.weight.batch_size, world, "weight.batch_size"),
-                          rank=rank, world=world, stream="train", pin_memory=pin_memory)
+    rt = rt or Runtime()
     arch_batch, arch_key = cfg.arch.holdout_batch
-    holdout = cfg.data.feed(data.holdout, batch_size=local_batch(arch_batch, world, arch_key),
-                            rank=rank, world=world, stream="holdout", pin_memory=pin_memory)
-    for feed, key in ((train, "weight.batch_size"), (holdout, arch_key)):
-        if feed.batches_per_epoch < 1:
-            raise ValueError(f"{key}: each of {world} worker(s) gets {feed.items} {feed.name} images, fewer than "
-                             f"one batch of {feed.batch_size}: lower the batch size or use fewer workers")
-    return train, holdout
+    return (rank_feed(cfg.data, data.train, cfg.weight.batch_size, "weight.batch_size", rt, "train"),
+            rank_feed(cfg.data, data.holdout, arch_batch, arch_key, rt, "holdout"))
 
 
-def _curve_point(state: SearchState) -> dict:
-    """Averages since the last point, plus α's state now."""
+def _curve_point(state: SearchState, means: dict[str, float]) -> dict:
+    """The window's means since the last point, plus α's state now."""
     row: dict[str, Any] = {"step": state.step, "epoch": state.step / state.steps_per_epoch,
                            "arch_step": state.arch_step, "phase": "search" if state.searching else "warmup"}
-    row.update(read_window(state.window))
+    row.update(means)
     with torch.no_grad():
         row["expected_latency"] = state.latency.expected(state.logits.probs()).item()
         row["entropy"] = state.logits.entropy().item()
-    state.window = {}
     return row
-
-
-class _Clock:
-    """Seconds per phase, each timed around its own work (after the device finished it)."""
-
-    def __init__(self, state: SearchState) -> None:
-        self.state, self.t = state, time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        if self.state.rt.on_gpu:
-            torch.cuda.synchronize(self.state.rt.device)
-        now = time.perf_counter()
-        self.state.seconds[phase] = self.state.seconds.get(phase, 0.0) + now - self.t
-        self.t = now
 
 
 def run_search(
@@ -191,7 +140,9 @@ def run_search(
     latency = latency or resolve_latency(cfg)
     check_target(cfg, latency)
     data = data or open_data(cfg)
-    train, holdout = search_feeds(cfg, data, rt.rank, rt.world, rt.on_gpu)
+    train, holdout = search_feeds(cfg, data, rt)
+    valid = rank_feed(cfg.data, data.valid, cfg.weight.batch_size, "weight.batch_size", rt, "valid", shuffle=False,
+                      need_batch=False)
     state = init_state(cfg, latency, train.batches_per_epoch, rt)
     if resume is not None:
         load_state_dict(state, resume)
@@ -199,12 +150,11 @@ def run_search(
     elif warm_start is not None:
         fork_from_warmup(state, warm_start)
         log.info("forked from the shared warm-up at step %d", state.step)
-    end = warmup_steps(state) if warmup_only else state.total_steps
     train_it = train.stream(state.step)
     hold_it = None  # opened at the first architecture step: warm-up reads no held-out image
-    bar = progress_bar(progress, end, state.step, "warm-up" if warmup_only else "search")
-    clock = _Clock(state)
-    while state.step < end:
+
+    def step(clock: Clock) -> dict:
+        nonlocal hold_it
         x, y = rt.batch(*next(train_it))
         clock.lap("data")
         phase = "weight" if state.searching else "warmup"
@@ -220,34 +170,28 @@ def run_search(
                 metrics.update(arch_step(state, hx, hy))
                 clock.lap("arch")
         metrics.pop("expected_latency", None)
-        metrics_window(state.window, metrics)
-        bar.update(1)
+        return metrics
+
+    def after() -> None:
         if after_step is not None:
             after_step(state)
         if len(state.paths) > 10_000:  # nobody checks them (one process): keep memory flat
             state.paths.clear()
-        if state.step % cfg.log_every == 0 or state.step == end:
-            row = _curve_point(state)
-            state.history.append(row)
-            bar.set_postfix(loss=f"{row.get('loss', math.nan):.3f}", lat=f"{row['expected_latency']:.3g}")
-            if on_step is not None:
-                on_step(state, row)
-        if checkpoint is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            checkpoint(state)
-        clock.lap("other")
-    bar.close()
-    if checkpoint is not None and not (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-        checkpoint(state)
-    valid = cfg.data.feed(data.valid, batch_size=local_batch(cfg.weight.batch_size, rt.world, "weight.batch_size"),
-                          rank=rt.rank, world=rt.world, shuffle=False, stream="valid", pin_memory=rt.on_gpu)
+
+    end = warmup_steps(state) if warmup_only else state.total_steps
+    clock = run_loop(state, step, Schedule(end, cfg.log_every, cfg.checkpoint_every),
+                     row=lambda means: _curve_point(state, means),
+                     hooks=Hooks(after_step=after, on_row=on_step and (lambda row: on_step(state, row)),
+                                 checkpoint=checkpoint and (lambda: checkpoint(state))),
+                     progress=progress, desc="warm-up" if warmup_only else "search",
+                     postfix=lambda r: {"loss": f"{r.get('loss', math.nan):.3f}",
+                                        "lat": f"{r['expected_latency']:.3g}"})
     return make_result(state, valid, clock)
 
 
 def check_target(cfg: SearchConfig, latency: LatencyModel) -> None:
     """Under ``derive: budget`` the target is a hard budget: refuse one below the space's fastest net up front."""
     if cfg.derive == "budget":
-        from orchestrator.derive import fastest_latency
-
         lo = fastest_latency(latency)
         if cfg.target < lo:
             raise ValueError(f"target: {cfg.target:g} {latency.unit} is below the fastest net of space "
@@ -257,8 +201,6 @@ def check_target(cfg: SearchConfig, latency: LatencyModel) -> None:
 
 def derive_arch(state: SearchState):
     """The net the search derives, and its log-probability under α."""
-    from orchestrator.derive import derive_under_budget, log_probs_from_alpha
-
     logp = log_probs_from_alpha(state.logits.alpha.detach().cpu(), state.latency)
     if state.cfg.derive == "budget":
         d = derive_under_budget(logp, state.latency, state.cfg.target)
@@ -267,7 +209,7 @@ def derive_arch(state: SearchState):
     return arch, float(sum(logp[b, c] for b, c in enumerate(state.space.indices(arch))))
 
 
-def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | None = None) -> SearchResult:
+def make_result(state: SearchState, valid: Feed | None = None, clock: Clock | None = None) -> SearchResult:
     """The derived architecture and α's state; the derived net (its supernet weights, batch-statistics BN as the
     official search validates paths) evaluated once across ranks on the validation split."""
     arch, log_prob = derive_arch(state)
@@ -305,14 +247,9 @@ def make_result(state: SearchState, valid: Feed | None = None, clock: _Clock | N
 
 def save_checkpoint(state: SearchState, path: str | Path) -> None:
     """Write ``state_dict(state)`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
-    from orchestrator.search.state import state_dict
-    from orchestrator.state_io import save_state
-
     save_state(state_dict(state), path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """A saved search state; a file holding anything but tensors and plain containers is refused, unexecuted."""
-    from orchestrator.state_io import load_state
-
     return load_state(path, "checkpoint")
