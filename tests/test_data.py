@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from orchestrator.data.digits import digits_splits
+from orchestrator.data.digits import load_digits_tensors, split_indices
 from orchestrator.data.manifest import MANIFEST, load_manifest
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
 from orchestrator.data.source import DataSpec, open_splits
@@ -120,8 +120,8 @@ def prepared(tree, tmp_path) -> Path:
 
 # ---- the embedded default and transforms ------------------------------------------------------------------------
 def test_digits_default_splits_and_feeds_per_rank():
-    s = digits_splits(16, seed=0, holdout_per_class=20, valid_fraction=0.2)
-    assert len(s.train_index) + len(s.holdout_index) + len(s.valid_index) == 1797
+    train_index, holdout_index, valid_index = split_indices(load_digits_tensors(16)[1].numpy(), 20, 0.2, seed=0)
+    assert len(train_index) + len(holdout_index) + len(valid_index) == 1797
     seen = {}
     for rank in (0, 1):
         f = feeds(DataSpec(holdout_per_class=20), rank, 2, batch=32)
@@ -129,9 +129,9 @@ def test_digits_default_splits_and_feeds_per_rank():
         assert x.shape == (32, 3, 16, 16) and y.dtype == torch.int64
         seen[rank] = {name: set(read_ids(feed)) for name, feed in f.items()}
     holdout = seen[0]["holdout"] | seen[1]["holdout"]
-    assert holdout <= set(s.holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
+    assert holdout <= set(holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
     assert not (seen[0]["train"] | seen[1]["train"]) & holdout
-    assert seen[0]["valid"] | seen[1]["valid"] == set(s.valid_index)  # every validation image, once
+    assert seen[0]["valid"] | seen[1]["valid"] == set(valid_index)  # every validation image, once
 
 
 def test_resume_mid_epoch_and_any_number_of_loader_workers_give_the_same_batches(prepared):
