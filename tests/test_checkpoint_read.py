@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
+import pyarrow.fs as pafs  # noqa: TID253
 import pytest
 import torch
-from ray.train import Checkpoint
+from ray.train import Checkpoint  # noqa: TID253
 
 from orchestrator.distributed import CHECKPOINT_FILE, checkpoint_file_state
 from orchestrator.state_io import state_bytes
