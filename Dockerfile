@@ -1,6 +1,7 @@
 # Image for the ProxylessNAS search on a Ray cluster (cluster launcher: cluster/aws.yaml; KubeRay: cluster/kuberay/).
 #
-# Base: the official Ray image, pinned to the Ray and Python versions of pyproject.toml, GPU (CUDA) variant.
+# Base: the official Ray image, pinned to pyproject.toml's Ray and to Python 3.11 (which pyproject admits), GPU
+# (CUDA) variant.
 # (The rayproject/ray-ml images are no longer published.) It already runs as the non-root user `ray`
 # (uid 1000, gid 100) with its Python environment owned by that user.
 #

@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(PY) workloads/demo.py
 
 test: $(STAMP)
+	$(PY) -m ruff check orchestrator benchmarks workloads tests
 	$(PY) -m pytest -q -ra --durations=15
 
 bench: $(STAMP)

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 from orchestrator.demo import demo_sweep, ensure_cpu_table
+from orchestrator.ray_session import quiet_ray_env
 from orchestrator.sweep import run_sweep
 from orchestrator.sweep.config import base_config
+from orchestrator.sweep.report import compare_fronts
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -29,9 +31,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", action="append", default=[], help="restrict the grid (flops, this-cpu)")
     args = ap.parse_args()
-    from orchestrator.ray_session import quiet_ray_env
-    from orchestrator.sweep.report import compare_fronts
-
     quiet_ray_env()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     work = OUT / "budget-work"

@@ -18,18 +18,19 @@ import platform
 import time
 from pathlib import Path
 
+import torch
+
+from orchestrator.ray_session import quiet_ray_env, ray_session
+from orchestrator.ray_train import worker_runtime
+from orchestrator.search import init_state, load_config, open_data, resolve_latency
+from orchestrator.search.loop import search_feeds
+from orchestrator.search.steps import arch_step, weight_step
+from orchestrator.train.runtime import Comm, Precision
+
 OUT = Path(__file__).parent / "out" / "distributed.json"
 
 
 def _worker(config: dict) -> dict:
-    import torch
-
-    from orchestrator.ray_train import worker_runtime
-    from orchestrator.search import init_state, load_config, open_data, resolve_latency
-    from orchestrator.search.loop import search_feeds
-    from orchestrator.search.steps import arch_step, weight_step
-    from orchestrator.train.runtime import Comm, Precision
-
     class Unsynced(Comm):
         """This rank among its peers, without averaging: the cost baseline only (ranks drift apart)."""
 
@@ -88,9 +89,6 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--storage", default=str(Path("benchmarks/out/ray").resolve()))
     args = p.parse_args()
-
-
-    from orchestrator.ray_session import quiet_ray_env, ray_session
 
     quiet_ray_env()
     with ray_session(num_cpus=2):

@@ -23,6 +23,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
+
+from orchestrator.retrain import load_retrain_config, train_net
+from orchestrator.search import load_config, run_search
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "fidelity.json"
 
@@ -30,11 +35,6 @@ OUT = ROOT / "benchmarks" / "out" / "fidelity.json"
 def run_preset(job: tuple[str, int], config: str, recipe_path: str, retrain_epochs: int | None) -> dict:
     """One search (and retrain) of ``job = (variant, seed)``; a variant is a preset name, optionally followed by
     ``+key=value`` overrides (e.g. ``project+init.zero_last_gamma=false``)."""
-    import torch
-
-    from orchestrator.retrain import load_retrain_config, train_net
-    from orchestrator.search import load_config, run_search
-
     variant, seed = job
     name, *extra = variant.split("+")
     torch.set_num_threads(1)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
 from orchestrator.data.source import DataSpec, open_splits
@@ -54,8 +55,6 @@ def parse_args() -> argparse.Namespace:
 
 def write_jpegs(root: Path, n: int, classes: int = 8, seed: int = 0) -> int:
     """ImageNet-like JPEGs: 375-500 px sides, smooth blobs plus grain (tens of KB each, like ImageNet's)."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     total = 0
     for i in range(n):

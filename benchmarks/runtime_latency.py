@@ -38,7 +38,7 @@ from orchestrator.latency.hardware import default_profile
 from orchestrator.latency.kit import import_kit, read_results, write_kit
 from orchestrator.latency.measure import default_config
 from orchestrator.latency.runner import build_table, measure_group_chunk, measure_runtime_chunk
-from orchestrator.latency.table import LatencyTable
+from orchestrator.latency.table import LatencyTable, Provenance
 from orchestrator.spaces import get_space
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -104,8 +104,6 @@ def kit_fits(space, cal_archs, cal_ms, sizes, archs, measured) -> dict:
 
 
 def _provenance_stub(space):
-    from orchestrator.latency.table import Provenance
-
     return Provenance(hardware="kit-size-check", hardware_kind="device", space=space.name,
                       space_fingerprint=space.fingerprint(), resolution=space.resolution, batch_size=1,
                       dtype="float32", threads=1, device="cpu", device_name="", torch_version=None, cuda_version=None,

@@ -31,7 +31,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from orchestrator.latency.flops import flops_model
 from orchestrator.search import config_from_dict, weight_step
+from orchestrator.search.state import SearchState
 from orchestrator.spaces import DIGITS, SearchSpace
+from orchestrator.supernet import ArchLogits, Supernet
 
 OUT = Path(__file__).resolve().parent / "out" / "supernet_memory.json"
 MIB = 2**20
@@ -136,9 +138,6 @@ def run(batch: int, reps: int) -> dict:
 
 def build_state(space: SearchSpace, batch: int):
     """A search state on ``space`` (which need not be registered), with the default weight optimiser."""
-    from orchestrator.search.state import SearchState
-    from orchestrator.supernet import ArchLogits, Supernet
-
     cfg = config_from_dict({"space": "digits-32", "target": 1.0, "epochs": 2, "warmup_epochs": 1,
                             "weight": {"batch_size": batch}, "arch": {"regularizer": "add#linear"}})
     torch.manual_seed(0)

@@ -9,12 +9,20 @@
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import time
 from pathlib import Path
 
-from orchestrator.sweep.config import SweepConfig
+from orchestrator.latency.hardware import default_profile
+from orchestrator.latency.measure import MeasureConfig
+from orchestrator.latency.runner import build_table
+from orchestrator.latency.table import LatencyTable
+from orchestrator.ray_session import quiet_ray_env
+from orchestrator.spaces import get_space
+from orchestrator.sweep import load_sweep, run_sweep
+from orchestrator.sweep.config import SweepConfig, base_config
+from orchestrator.sweep.report import compare_fronts
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +32,6 @@ SWEEP = ROOT / "configs" / "demo-sweep.yaml"
 
 def ensure_cpu_table(uri: str, space_name: str) -> str:
     """This node's measured CPU table for the space, built once (reused while its provenance still applies)."""
-    from orchestrator.latency.hardware import default_profile
-    from orchestrator.latency.measure import MeasureConfig
-    from orchestrator.latency.runner import build_table
-    from orchestrator.latency.table import LatencyTable
-    from orchestrator.spaces import get_space
-
     space, profile = get_space(space_name), default_profile("cpu")
     if Path(uri).exists():
         try:
@@ -54,8 +56,6 @@ def ensure_cpu_table(uri: str, space_name: str) -> str:
 
 def demo_sweep(out: Path, name: str | None = None, sweep_path: Path = SWEEP) -> SweepConfig:
     """The demo's sweep config, with its output folders under ``out`` and a fresh experiment name per run."""
-    from orchestrator.sweep import load_sweep
-
     sweep = load_sweep(sweep_path)
     name = name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     grid = tuple(g if not g.table else g.__class__(**{**g.__dict__, "table": str(out / Path(g.table).name)})
@@ -66,12 +66,6 @@ def demo_sweep(out: Path, name: str | None = None, sweep_path: Path = SWEEP) -> 
 
 def main(out_dir: str = "demo-out", name: str | None = None):
     """Run the demo; returns the ``SweepResult`` (the benchmark times it)."""
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweep.config import base_config
-    from orchestrator.sweep.report import compare_fronts
-
-    from orchestrator.ray_session import quiet_ray_env
-
     quiet_ray_env()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ray", "mlflow", "alembic", "urllib3"):

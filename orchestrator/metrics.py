@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.arch import Arch
+from orchestrator.network import build_net
 from orchestrator.spaces import get_space
 
 
@@ -27,8 +28,6 @@ def count_macs(net: nn.Module, resolution: int, in_channels: int = 3) -> int:
 
 def describe(arch: Arch, resolution: int | None = None) -> dict:
     """The facts ``nas arch info`` prints: the string, space, params, MACs, resolution, blocks."""
-    from orchestrator.network import build_net
-
     space = get_space(arch.space)
     res = resolution or space.resolution
     net = build_net(arch, space)

@@ -9,6 +9,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -29,8 +31,6 @@ def git_revision() -> str | None:
 
 def provenance() -> dict:
     """Versions and machine facts, so any artifact can be traced back and rebuilt."""
-    import torch
-
     return {
         "orchestrator": _version("orchestrator"),
         "torch": str(torch.__version__),

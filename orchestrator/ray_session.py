@@ -10,6 +10,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+from orchestrator.latency.hardware import local_profiles, node_resources
+
 # Ray's internal messages that carry nothing a user can act on. Worker output matching this never reaches the
 # driver's console (it stays in the session's log files under /tmp/ray/session_latest/logs).
 RAY_NOISE = "|".join([
@@ -52,8 +54,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     this machine's hardware (``hw:<name>``), never silently attaching to another user's local cluster. Shuts down
     only a connection this call made; inside an existing session it does nothing."""
     import ray
-
-    from orchestrator.latency.hardware import local_profiles, node_resources
 
     if ray.is_initialized():
         yield

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -122,8 +123,6 @@ def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, An
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
@@ -273,8 +272,6 @@ class MetricSink:
 
     def log(self, metrics: Mapping[str, float], step: int) -> bool:
         """Queue one point (its metrics at ``step``) and send what is queued; True when all of it was sent."""
-        import time
-
         ts = int(time.time() * 1000)
         rows = [(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None]
         if not rows:
@@ -291,8 +288,6 @@ class MetricSink:
 
     def flush(self, force: bool = False) -> bool:
         """Send what is queued (unless in back-off, which ``force`` ignores); True when nothing is left."""
-        import time
-
         if not self.pending:
             return True
         if not force and time.monotonic() < self._next_try:

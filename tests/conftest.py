@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "proxylessnas"
@@ -29,8 +34,6 @@ def reference_dir() -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_threads():
     """Tests run on 2 cores beside Ray workers: keep torch to one thread in the test process."""
-    import torch
-
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield
@@ -38,9 +41,6 @@ def _quiet_threads():
 
 def run_nas(*args: str, env: dict | None = None, timeout: float = 300):
     """Run the installed ``nas`` console command in a subprocess, as a user would."""
-    import subprocess
-    import sys
-
     exe = Path(sys.executable).parent / "nas"
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
@@ -60,10 +60,6 @@ def assert_one_line_error(proc, *fragments: str) -> None:
 def run_nas_inprocess(capsys, *args: str):
     """Run ``nas`` through ``orchestrator.cli.main`` in this process (no interpreter start-up): for the many
     bad-input cases; ``run_nas`` keeps covering the installed command itself."""
-    import subprocess
-
-    from orchestrator.cli import main
-
     capsys.readouterr()
     code = 0
     try:

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from orchestrator.ray_session import free_port  # one helper for the library and the tests
 
 
 @dataclass(frozen=True)
@@ -54,10 +72,6 @@ def s3_server():
 def write_digits_jpegs(root, resolution: int = 32):
     """scikit-learn's digits (1,797 real images, 10 classes) as an ImageFolder of JPEG files at ``resolution`` px:
     the same split sizes as the embedded digits, read through the file and loader-process path instead."""
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     root = Path(root)
@@ -91,23 +105,6 @@ def s3_env(s3_server, monkeypatch):
 # spawned; teardown signals that group (and, for Ray, any process whose command line names the cluster's
 # private temp dir) and nothing else. Never `ray stop`: it stops every Ray process on the machine.
 # --------------------------------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-import os  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from orchestrator.ray_session import free_port  # noqa: E402  (one helper for the library and the tests)
 
 VENV_BIN = Path(sys.executable).parent  # `mlflow`, `ray` and `python` of the interpreter running the tests
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -65,8 +66,6 @@ def test_imagenet_space_matches_the_paper():
 
 
 def test_fingerprint_is_stable_and_sensitive():
-    import dataclasses
-
     space = get_space("tiny")
     assert space.fingerprint() == get_space("tiny").fingerprint()
     assert dataclasses.replace(space, resolution=32).fingerprint() != space.fingerprint()

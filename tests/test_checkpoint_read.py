@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
+import pyarrow.fs as pafs  # noqa: TID253
 import pytest
 import torch
-from ray.train import Checkpoint
+from ray.train import Checkpoint  # noqa: TID253
 
 from orchestrator.ray_train import checkpoint_file_state
 from orchestrator.search.jobs import CHECKPOINT_FILE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import onnx
+import onnx  # noqa: TID253
 import pytest
 
 from tests.conftest import assert_one_line_error, net_config_counts, run_nas, run_nas_inprocess

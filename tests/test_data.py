@@ -8,17 +8,17 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow as pa  # noqa: TID253
+import pyarrow.parquet as pq  # noqa: TID253
 import pytest
 import torch
+from PIL import Image
 
 from orchestrator.cli import main
-from orchestrator.data.digits import digits_splits
+from orchestrator.data.digits import load_digits_tensors, split_indices
 from orchestrator.data.manifest import MANIFEST, load_manifest
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
 from orchestrator.data.source import DataSpec, open_splits
-from orchestrator.storage import resolve
 from orchestrator.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -26,6 +26,7 @@ from orchestrator.data.transforms import (
     normalize_images,
     train_transform,
 )
+from orchestrator.storage import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 NAS = str(ROOT / ".venv" / "bin" / "nas")
@@ -35,8 +36,6 @@ CLASSES = ("ant", "bee", "cat")
 # ---- helpers ----------------------------------------------------------------------------------------------------
 def make_tree(root: Path, classes: tuple[str, ...] = CLASSES, per_class: int = 6, seed: int = 0) -> Path:
     """An ImageFolder of real JPEG files of varied sizes, written with PIL."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -120,8 +119,8 @@ def prepared(tree, tmp_path) -> Path:
 
 # ---- the embedded default and transforms ------------------------------------------------------------------------
 def test_digits_default_splits_and_feeds_per_rank():
-    s = digits_splits(16, seed=0, holdout_per_class=20, valid_fraction=0.2)
-    assert len(s.train_index) + len(s.holdout_index) + len(s.valid_index) == 1797
+    train_index, holdout_index, valid_index = split_indices(load_digits_tensors(16)[1].numpy(), 20, 0.2, seed=0)
+    assert len(train_index) + len(holdout_index) + len(valid_index) == 1797
     seen = {}
     for rank in (0, 1):
         f = feeds(DataSpec(holdout_per_class=20), rank, 2, batch=32)
@@ -129,9 +128,9 @@ def test_digits_default_splits_and_feeds_per_rank():
         assert x.shape == (32, 3, 16, 16) and y.dtype == torch.int64
         seen[rank] = {name: set(read_ids(feed)) for name, feed in f.items()}
     holdout = seen[0]["holdout"] | seen[1]["holdout"]
-    assert holdout <= set(s.holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
+    assert holdout <= set(holdout_index) and not seen[0]["holdout"] & seen[1]["holdout"]
     assert not (seen[0]["train"] | seen[1]["train"]) & holdout
-    assert seen[0]["valid"] | seen[1]["valid"] == set(s.valid_index)  # every validation image, once
+    assert seen[0]["valid"] | seen[1]["valid"] == set(valid_index)  # every validation image, once
 
 
 def test_resume_mid_epoch_and_any_number_of_loader_workers_give_the_same_batches(prepared):
@@ -149,8 +148,6 @@ def test_resume_mid_epoch_and_any_number_of_loader_workers_give_the_same_batches
     assert not torch.equal(full[0][0], full[4][0])  # epochs differ
 
 def test_transforms_give_uint8_at_the_resolution_and_the_device_side_imagenet_normalisation(tree):
-    from PIL import Image
-
     img = Image.open(next((tree / "ant").iterdir()))
     for tf in (train_transform(20), eval_transform(20)):
         x = tf(img)

@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from orchestrator.data.prepare import PrepareOptions, prepare_shards
+from orchestrator.data.source import DataSpec
 from tests.servers import free_port
-from tests.test_data import make_tree
+from tests.test_data import feeds, make_tree, read_ids
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +25,6 @@ PER_CLASS = 10
 def _worker(config: dict) -> dict | None:
     """Runs on every Train worker: read this rank's share of each split, gather every rank's ids on rank 0."""
     import ray.train
-    import torch.distributed as dist
-
-    from orchestrator.data.source import DataSpec
-    from tests.test_data import feeds, read_ids
-
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seen: dict[str, list[int]] = {}

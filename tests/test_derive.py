@@ -6,15 +6,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
+from orchestrator import tracking
+from orchestrator.cli import main
 from orchestrator.derive import Derived, derive_front, derive_under_budget, fastest_latency, log_probs_from_alpha
 from orchestrator.latency.model import LatencyModel
 from orchestrator.latency.profiles import latency_model
+from orchestrator.search.jobs import log_search_result
 from orchestrator.spaces import get_space
 from orchestrator.supernet import ArchLogits
 from tests.conftest import ROOT, assert_one_line_error, run_nas, run_nas_inprocess
@@ -186,8 +190,6 @@ def test_bounds_and_the_fastest_net_agree_exactly_on_random_models():
 
 def test_derive_is_fast_on_the_imagenet_space():
     """21 blocks x 7 candidates with the official Pixel-1 table: milliseconds, well within a CLI call."""
-    import time
-
     model = latency_model("pixel1", get_space("proxyless-imagenet"), runtime="litert")
     lp = _random_log_probs(model, 0)
     lo, hi = model.bounds()
@@ -206,8 +208,6 @@ def test_derive_is_fast_on_the_imagenet_space():
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     """One short real ``nas search`` on tiny, shared by the CLI tests: result.json and checkpoint.pt."""
-    from orchestrator.cli import main
-
     out = tmp_path_factory.mktemp("search")
     with pytest.raises(SystemExit) as e:
         main(["search", "--config", str(TINY_CONFIG), "--set", "epochs=2", "--set", "weight.batch_size=128",
@@ -260,9 +260,6 @@ def test_cli_targets_give_a_front_ending_at_the_search_argmax(search_dir, capsys
 
 def test_cli_derive_from_an_mlflow_run(search_dir, capsys, tmp_path):
     """The search run's result.json artifact, logged by the function Ray searches log it with."""
-    from orchestrator import tracking
-    from orchestrator.search.jobs import log_search_result
-
     result = json.loads((search_dir / "result.json").read_text())
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_id = tracking.create_run(uri, "derive-test", "search")

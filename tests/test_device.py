@@ -17,10 +17,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from orchestrator.latency.profiles import latency_model
+from orchestrator.network import build_net
 from orchestrator.search import config_from_dict, init_state, open_data
 from orchestrator.train.loop import local_batch
 from orchestrator.search.steps import arch_step, weight_step
-from orchestrator.latency.profiles import latency_model
+from orchestrator.train.core import Trainer, evaluate, sgd
 from orchestrator.train.runtime import Runtime
 
 
@@ -78,9 +80,6 @@ def test_search_steps_touch_only_the_configured_device(algo):
 
 
 def test_retrain_step_and_evaluation_touch_only_the_configured_device():
-    from orchestrator.network import build_net
-    from orchestrator.train.core import Trainer, evaluate, sgd
-
     rt = Runtime(device=torch.device("cpu"))
     net = rt.module(build_net("tiny:k3e3.zero/k5e6.k7e3"))
     trainer = Trainer(net, sgd(net, 0.1, 0.9, True, 4e-5, True), rt, 0.1)

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import tracking
 from orchestrator.faults import Faults
 from orchestrator.ray_train import ClusterSpec, load_state_uri
 from orchestrator.runs import check_existing_run
 from orchestrator.search.jobs import RanksDiverged, SearchJob, run_distributed_search
 from orchestrator.search import load_config
 from tests.conftest import ROOT, assert_one_line_error, run_nas
+from tests.servers import local_two_node_cluster
+from tests.test_safe_loading import _tampered
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,8 +49,6 @@ def overrides(digits_jpegs) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def two_node_cluster(s3_server):
     """Head and one more node, one CPU each, so that the two Train workers land on different nodes."""
-    from tests.servers import local_two_node_cluster
-
     with local_two_node_cluster(s3_server.env()) as cluster:  # raylets and workers reach the S3 server
         yield cluster
 
@@ -133,8 +134,6 @@ def test_too_few_resources_is_refused_before_training(two_node_cluster, tmp_path
 def test_gpu_on_a_cluster_without_gpus_is_refused_in_one_line(two_node_cluster, tmp_path):
     """`--gpu` asks every worker for a GPU: on this CPU-only cluster, search, retrain and sweep refuse in one line
     before anything starts or is written (unless `--allow-autoscale` says the cluster starts GPU nodes)."""
-    from tests.conftest import assert_one_line_error, run_nas
-
     env = {"RAY_ADDRESS": two_node_cluster.address}
     runs, db = tmp_path / "runs", tmp_path / "m.db"
     where = ("--storage", str(runs), "--tracking-uri", f"sqlite:///{db}")
@@ -171,8 +170,6 @@ def test_unreachable_storage_or_tracking_fail_before_training(s3_server, tmp_pat
 
 def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_server, tmp_path, overrides):
     """Ray Train hands the workers the run's latest checkpoint; a payload planted there never runs."""
-    from tests.test_safe_loading import _tampered
-
     res, bucket, tracking = s3_search
     key = res.checkpoint_path.split(f"{bucket}/", 1)[1] + "/search_state.pt"
     sentinel = tmp_path / "sentinel"
@@ -332,8 +329,6 @@ def test_tracking_server_outage_mid_search_is_buffered_and_flushed(two_node_clus
     """The MLflow server is killed after step 6 and started again at step 26: the search never waits on it, and the
     points logged meanwhile reach it afterwards, with their own steps; the run records how many came late."""
     from mlflow import MlflowClient
-
-    from orchestrator import tracking
 
     server = mlflow_server.control  # the session's server: killed and restarted on the same port and store
     spec = ClusterSpec(num_workers=2, storage_path=str(tmp_path / "runs"), name="outage", experiment="dist-outage",

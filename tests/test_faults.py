@@ -6,14 +6,28 @@ naming the rank. Also the search driver that ``tests/test_distributed.py`` SIGKI
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from orchestrator import tracking
+from orchestrator.faults import Faults
+from orchestrator.ray_train import ClusterSpec
+from orchestrator.runs import tracked_run
+from orchestrator.search import load_config, resolve_latency, run_search
+from orchestrator.search.jobs import RanksDiverged, check_consistency, run_distributed_search
+from orchestrator.search.state import init_state, load_state_dict, state_dict
+from orchestrator.train.checkpoint import seed_rank
+from orchestrator.train.runtime import DistComm, Runtime, bn_buffers
 from tests.conftest import ROOT
+from tests.servers import free_port
 
 TINY = ROOT / "configs" / "tiny.yaml"
 # as tests/test_distributed.py's OVERRIDES
@@ -34,14 +48,6 @@ def _bn_names(model: torch.nn.Module) -> list[str]:
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     """One rank: a warm-up of the tiny search on this rank's share of the digits, then its checkpoint, a restore
     into a fresh state, and a consistency check with paths that differ on rank 1."""
-    import torch.distributed as dist
-
-    from orchestrator.search.jobs import RanksDiverged, check_consistency
-    from orchestrator.train.checkpoint import seed_rank
-    from orchestrator.search import load_config, resolve_latency, run_search
-    from orchestrator.search.state import init_state, load_state_dict, state_dict
-    from orchestrator.train.runtime import DistComm, Runtime, bn_buffers
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -81,10 +87,6 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """What rank 0 saw in a two-rank gloo group running ``_rank_main`` (10 to 20 s on 2 cores)."""
-    import torch.multiprocessing as mp
-
-    from tests.servers import free_port
-
     out = tmp_path_factory.mktemp("gloo") / "rank0.pt"
     mp.spawn(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return torch.load(out, weights_only=True)
@@ -120,9 +122,6 @@ def test_ranks_that_sampled_different_paths_are_named(two_ranks):
 def test_an_unfinished_run_is_reopened_and_a_finished_one_is_not(tmp_path):
     """The same run folder continues its MLflow run while that run is not FINISHED (a killed driver leaves it RUNNING;
     a resumed sweep marks it KILLED); once finished, a new run starts. Search and retrain share this."""
-    from orchestrator import tracking
-    from orchestrator.runs import tracked_run
-
     uri, storage = f"sqlite:///{tmp_path}/m.db", str(tmp_path / "runs")
     create = lambda: tracking.create_run(uri, "exp", "r")  # noqa: E731
     first, reopened = tracked_run(storage, "r", uri, "exp", create)
@@ -141,11 +140,6 @@ def test_an_unfinished_run_is_reopened_and_a_finished_one_is_not(tmp_path):
 
 
 def test_metric_sink_keeps_points_an_absent_server_did_not_take_without_waiting(tmp_path):
-    import time
-
-    from orchestrator import tracking
-    from tests.servers import free_port
-
     sink = tracking.MetricSink(f"http://127.0.0.1:{free_port()}", "no-run", timeout_s=2.0, backoff_s=30.0)
     t0 = time.monotonic()
     assert not sink.log({"loss": 1.0, "acc": 0.5}, step=1)  # nothing listens: refused at once
@@ -172,13 +166,6 @@ def test_metric_sink_keeps_points_an_absent_server_did_not_take_without_waiting(
 def _drive(argv: list[str]) -> None:
     """A search driver as ``nas search --workers 2`` runs it, with a pause to strike at (``--pause STEP``): joins
     Ray at RAY_ADDRESS and prints one JSON line about the result."""
-    import argparse
-
-    from orchestrator.faults import Faults
-    from orchestrator.ray_train import ClusterSpec
-    from orchestrator.search.jobs import run_distributed_search
-    from orchestrator.search import load_config
-
     p = argparse.ArgumentParser()
     for opt in ("--name", "--storage", "--tracking-uri", "--experiment"):
         p.add_argument(opt, required=True)

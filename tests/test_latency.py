@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+import yaml  # noqa: TID253
 
 from orchestrator.cli import main
 from orchestrator.latency.calibrate import (

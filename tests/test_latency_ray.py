@@ -10,6 +10,7 @@ from orchestrator.latency.measure import MeasureConfig
 from orchestrator.latency.runner import build_table
 from orchestrator.latency.table import required_keys
 from orchestrator.spaces import TINY
+from orchestrator.sweep.measure import measure_latency
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +56,6 @@ def test_build_for_absent_hardware_is_refused(two_nodes):
 def test_runtime_build_and_measurement_run_on_node_with_the_hardware(two_nodes, tmp_path):
     """A build in ONNX Runtime exports and times its whole networks on the labelled node; a derived net measured
     against that table is timed there in ONNX Runtime too (``latency_source: measured``)."""
-    from orchestrator.sweep.measure import measure_latency
-
     profile, worker_id = two_nodes
     cfg = MeasureConfig(min_rounds=4, max_rounds=4, runtime="onnxruntime", warmup=1)
     cal = CalibrationConfig(networks=6, group_size=5, validate=3)

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import shutil
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-import onnxruntime
-import openvino
+import numpy as np
+import onnxruntime  # noqa: TID253
+import openvino  # noqa: TID253
 import pytest
 
+from orchestrator.cli import main
 from orchestrator.latency import kit_runner
-from orchestrator.latency.kit import write_kit
+from orchestrator.latency.kit import export_network, write_kit
 from orchestrator.latency.profiles import latency_model
 from orchestrator.latency.table import LatencyTable
 from orchestrator.spaces import PROXYLESS_IMAGENET, TINY
+from orchestrator.sweep.config import hardware_info, sweep_from_dict
 from orchestrator.sweep.measure import measure_latency
 from tests.conftest import assert_one_line_error, run_nas_inprocess
 
@@ -195,8 +199,6 @@ def test_runner_refuses_a_runtime_that_reads_another_format(onnx_kit, tmp_path):
 def ort_table(tmp_path_factory) -> str:
     """``nas latency build --runtime onnxruntime --local`` of tiny on this node, under a cpu- profile."""
     uri = str(tmp_path_factory.mktemp("ort") / "cpu-ort.parquet")
-    from orchestrator.cli import main
-
     with pytest.raises(SystemExit) as exc:
         main(["latency", "build", "--hardware", "cpu-here", "--space", "tiny", "--runtime", "onnxruntime",
               "--calibrate", "12", "--validate", "6", "--min-rounds", "6", "--max-rounds", "10", "--local",
@@ -259,11 +261,8 @@ def test_official_table_answers_only_to_pixel1(reference_dir, tmp_path, capsys):
 def test_exported_networks_compute_in_every_block_and_are_reproducible(tmp_path):
     """A network is exported with non-zero weights everywhere (the training init's zero BN gammas make a residual
     block add exactly 0, and TFLite's converter folded such blocks away), and the same arch gives the same file."""
-    import numpy as np
     import onnx
     from onnx import numpy_helper
-
-    from orchestrator.latency.kit import export_network
 
     arch = TINY.parse("tiny:k7e6.k5e6/k7e6.k7e6")  # every block has a shortcut but the stride-2 firsts
     export_network(arch, tmp_path / "a.onnx", "onnx")
@@ -280,8 +279,6 @@ def test_exported_networks_compute_in_every_block_and_are_reproducible(tmp_path)
 def test_sweep_grid_names_a_runtime_and_a_kit_device(onnx_kit, tmp_path, capsys):
     """A grid entry may put a kit device in its runtime; its range comes from its own table, and a runtime the table
     was not measured in is refused before any compute, as is an unknown runtime."""
-    from orchestrator.sweep.config import hardware_info, sweep_from_dict
-
     results = tmp_path / "r.csv"
     assert run_kit(onnx_kit, "onnxruntime", results).returncode == 0
     uri = str(tmp_path / "edge.parquet")
@@ -332,8 +329,6 @@ def test_tflite_kit_measured_by_litert_without_torch_imports_and_validates(tmp_p
 
 def test_a_fit_below_the_goal_imports_with_a_warning_naming_its_figures(onnx_kit, tmp_path, capsys):
     """Results that no sum of entries explains (random figures) still import, with the warning on stderr."""
-    import random
-
     rng = random.Random(0)
     files = [n["file"] for n in json.loads((onnx_kit / "manifest.json").read_text())["networks"]]
     res = tmp_path / "random.csv"

@@ -12,7 +12,7 @@ import torch
 
 from orchestrator.export import export_onnx
 from orchestrator.metrics import count_macs, count_params
-from orchestrator.netconfig import load_net_config, to_net_config
+from orchestrator.netconfig import load_arch, load_net_config, to_net_config
 from orchestrator.network import build_net
 from orchestrator.spaces import get_space
 from orchestrator.supernet import ArchLogits, Supernet
@@ -157,11 +157,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 
 def test_task_variant_names_itself_in_net_config_and_onnx(tmp_path):
-    import json
-
     import onnx
-
-    from orchestrator.netconfig import load_arch
 
     space = get_space("tiny").variant(num_classes=3, resolution=24)
     arch = space.random_arch(random.Random(5))

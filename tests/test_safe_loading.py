@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.ray_train import load_state_uri
+from orchestrator.search import load_checkpoint
+from orchestrator.state_io import load_state, save_state
 from tests.conftest import ROOT, assert_one_line_error, run_nas, run_nas_inprocess
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -51,10 +54,6 @@ def test_the_payload_runs_when_loaded_unsafely(tmp_path, fmt):
 
 def _loaders(s3_server):
     """Every function that loads stored state, as (name, load(path) -> None)."""
-    from orchestrator.ray_train import load_state_uri
-    from orchestrator.search import load_checkpoint
-    from orchestrator.state_io import load_state
-
     def via_s3(path: Path) -> None:
         bucket = s3_server.new_bucket()
         s3_server.client().put_object(Bucket=bucket, Key="warm/search_state.pt", Body=path.read_bytes())
@@ -77,8 +76,6 @@ def test_every_loader_refuses_a_tampered_file(tmp_path, s3_env, fmt):
 
 
 def test_a_plain_state_still_loads(tmp_path):
-    from orchestrator.state_io import load_state, save_state
-
     save_state({"step": 3, "alpha": torch.ones(2), "history": [{"loss": 1.0, "phase": "warmup"}]}, tmp_path / "s.pt")
     got = load_state(tmp_path / "s.pt")
     assert got["step"] == 3 and torch.equal(got["alpha"], torch.ones(2))

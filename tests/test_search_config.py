@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import SearchConfig, config_from_dict, load_config
+import orchestrator.search as search
+from orchestrator.cli import main
 from orchestrator.config import apply_overrides
+from orchestrator.search import SearchConfig, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -66,10 +68,6 @@ def test_mul_log_rejects_sub_unit_target():
 )
 def test_cli_rejects_bad_config_with_one_line(override, needle, tmp_path, capsys, monkeypatch):
     """`nas search` prints one `error: ...` line, exits 2, and starts no work (no output folder content)."""
-    from orchestrator.cli import main
-
-    import orchestrator.search as search
-
     monkeypatch.setattr(search, "open_data", lambda cfg: pytest.fail("data opened before validation"))
     with pytest.raises(SystemExit) as exc:
         main(["search", "--config", str(TINY), "--set", override, "--out", str(tmp_path / "out")])

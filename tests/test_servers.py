@@ -4,24 +4,23 @@ server that stores artifacts in S3 (moto). `ray job submit` against them is test
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
+
+from tests.servers import _alive_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_cluster_has_two_nodes_and_isolated_auth(ray_cli_cluster):
-    from tests.servers import _alive_nodes
-
     nodes = _alive_nodes(ray_cli_cluster.dashboard_url, ray_cli_cluster.env)
     assert len(nodes) == 2
     assert any("worker_node" in (n.get("resources_total") or {}) for n in nodes)
     assert ray_cli_cluster.env["RAY_AUTH_MODE"] == "token" and ray_cli_cluster.env["RAY_AUTH_TOKEN"]
     # Without the token the Jobs API refuses: token auth really is on.
-    import urllib.error
-    import urllib.request
-
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{ray_cli_cluster.dashboard_url}/api/jobs/", timeout=5)
     assert e.value.code in (401, 403)

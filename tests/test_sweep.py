@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # noqa: TID253
 
+from orchestrator.latency.kit import write_kit
+from orchestrator.spaces import TINY as TINY_SPACE
+from orchestrator.sweep import load_sweep
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
 
@@ -64,8 +67,6 @@ def test_pareto_of_unknown_experiment_is_one_line_error(mlflow_server, tmp_path)
 
 
 def test_sweep_config_is_typed(tmp_path):
-    from orchestrator.sweep import load_sweep
-
     cfg = write_sweep(tmp_path / "s.yaml", "typed", tmp_path / "runs", "sqlite:///x.db",
                       grid=[{"hardware": "flops", "targets": {"uniform": [0.07, 0.2], "samples": 2}}])
     s = load_sweep(cfg)
@@ -212,9 +213,6 @@ def test_sweep_over_a_kit_device_records_predicted_latency(mlflow_server, tmp_pa
     """A grid entry on a kit device (a table fitted from a kit measured with ONNX Runtime): the trial's derived net
     gets the table's prediction, never a cluster node's timing, and MLflow says so (``nas.latency_source``)."""
     from mlflow import MlflowClient
-
-    from orchestrator.latency.kit import write_kit
-    from orchestrator.spaces import TINY as TINY_SPACE
 
     kit = tmp_path / "kit"
     write_kit(TINY_SPACE, "onnx", kit, networks=6, validate=3)

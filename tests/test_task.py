@@ -14,9 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import binom
+from PIL import Image
+from scipy.stats import binom  # noqa: TID253
 
+from orchestrator.data.prepare import PrepareOptions, prepare_shards
+from orchestrator.ray_train import ClusterSpec
+from orchestrator.retrain import retrain_config_from_dict
+from orchestrator.retrain.jobs import run_retrain
+from orchestrator.search import load_config
+from orchestrator.search.jobs import run_distributed_search
 from tests.conftest import ROOT, assert_one_line_error, run_nas, run_nas_inprocess
+from tests.servers import local_two_node_cluster
 
 COLOURS = ((220, 40, 40), (40, 200, 40), (40, 60, 220))  # K = 3 classes, told apart by colour
 K = len(COLOURS)
@@ -24,8 +32,6 @@ K = len(COLOURS)
 
 def colour_tree(root: Path, per_class: int, seed: int) -> Path:
     """An ImageFolder of real JPEG files: class c is noisy colour c, at sizes between 20 and 40 px."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     for c, rgb in enumerate(COLOURS):
         d = root / f"class{c}"
@@ -91,8 +97,6 @@ def test_a_net_that_does_not_fit_the_data_is_refused_before_any_compute(folders,
 @pytest.fixture(scope="module")
 def two_nodes(s3_server):
     """Head and one more node, one CPU each, with the S3 server's environment (workers reach it)."""
-    from tests.servers import local_two_node_cluster
-
     with local_two_node_cluster(s3_server.env()) as cluster:  # raylets and workers reach the S3 server
         yield cluster
 
@@ -101,13 +105,6 @@ def two_nodes(s3_server):
 @pytest.mark.timeout(900)
 def test_search_then_retrain_on_shards_in_s3_with_two_train_workers(folders, two_nodes, s3_server, tmp_path):
     from mlflow import MlflowClient
-
-    from orchestrator.data.prepare import PrepareOptions, prepare_shards
-    from orchestrator.ray_train import ClusterSpec
-    from orchestrator.retrain import retrain_config_from_dict
-    from orchestrator.retrain.jobs import run_retrain
-    from orchestrator.search.jobs import run_distributed_search
-    from orchestrator.search import load_config
 
     train, val = folders
     bucket = s3_server.new_bucket()

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-import yaml
+import yaml  # noqa: TID253
 
 from tests.conftest import ROOT
 from tests.test_search_imagefolder import write_imagefolder

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
-import click
+import click  # noqa: TID253
 
-from orchestrator.cli import app
+from orchestrator import tracking
+from orchestrator.arch import Arch
+from orchestrator.cli import UserError, app
+from orchestrator.derive import derive_front, log_probs_from_alpha
+from orchestrator.export import export_net_config, export_onnx
+from orchestrator.latency.profiles import DEFAULT_RUNTIME, latency_model, load_table
+from orchestrator.metrics import describe
+from orchestrator.netconfig import load_arch
+from orchestrator.network import build_net
+from orchestrator.spaces import get_space
+from orchestrator.state_io import load_state
 
 
 @app.group()
@@ -22,9 +33,6 @@ def arch() -> None:
 @click.option("--resolution", type=int, default=None, help="Input side in pixels (default: the space's).")
 def info(arch_or_file: str, as_json: bool, resolution: int | None) -> None:
     """Parameters, MACs and shape of ARCH_OR_FILE (an architecture string or a net.config file)."""
-    from orchestrator.metrics import describe
-    from orchestrator.netconfig import load_arch
-
     d = describe(load_arch(arch_or_file), resolution)
     if as_json:
         click.echo(json.dumps(d))
@@ -39,10 +47,6 @@ def info(arch_or_file: str, as_json: bool, resolution: int | None) -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True)
 def export(arch_or_file: str, fmt: str, out: str) -> None:
     """Write ARCH_OR_FILE as an official net.config JSON or an ONNX graph (randomly initialised weights)."""
-    from orchestrator.export import export_net_config, export_onnx
-    from orchestrator.netconfig import load_arch
-    from orchestrator.network import build_net
-
     a = load_arch(arch_or_file)
     if fmt == "net-config":
         export_net_config(a, out)
@@ -70,9 +74,6 @@ def derive(source: str, target: float | None, targets: str | None, hardware: str
            runtime: str | None, tracking_uri: str | None, as_json: bool) -> None:
     """The most probable architecture under a search's α whose predicted latency is at most the budget (exact
     dynamic programme over blocks); with --targets, one net per budget from the same search."""
-    from orchestrator.cli import UserError
-    from orchestrator.derive import derive_front, log_probs_from_alpha
-
     if (target is None) == (targets is None):
         raise UserError("give either --target T or --targets T1,T2,...")
     if targets is not None:
@@ -138,18 +139,12 @@ def _load_search(source: str, tracking_uri: str | None) -> tuple[dict, str]:
 
 def _load_state(path: Path) -> dict:
     """A search checkpoint, loaded as tensors and plain values only (``weights_only=True``)."""
-    from orchestrator.state_io import load_state
-
     return load_state(path, "search checkpoint")
 
 
 def _load_mlflow(run_id: str, tracking_uri: str | None) -> tuple[dict, str]:
     """The ``result.json`` artifact of a search run in MLflow."""
-    import tempfile
-
     from mlflow.exceptions import MlflowException
-
-    from orchestrator import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -173,9 +168,6 @@ def _load_mlflow(run_id: str, tracking_uri: str | None) -> tuple[dict, str]:
 def _space_of(record: dict, where: str):
     """The search's space: from its derived architecture's string (which names task variants), else from the
     config (``space`` plus any top-level ``num_classes``/``resolution``), checked against a stored fingerprint."""
-    from orchestrator.arch import Arch
-    from orchestrator.spaces import get_space
-
     cfg = record["config"]
     try:
         if record.get("arch"):
@@ -199,8 +191,6 @@ def _derive_latency_model(record: dict, space, hardware: str | None, table: str 
                           where: str):
     """The search's own latency model, or the one ``--hardware``/``--table``/``--runtime`` name, for the search's
     space; a table of another hardware or runtime than named is refused."""
-    from orchestrator.latency.profiles import DEFAULT_RUNTIME, latency_model, load_table
-
     if hardware is None and table is None and runtime is None:
         cfg = record["config"]
         try:

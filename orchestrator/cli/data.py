@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 
-import click
+import click  # noqa: TID253
 
 from orchestrator.cli import app
+from orchestrator.data.manifest import load_manifest
+from orchestrator.data.prepare import PrepareOptions, prepare_shards
+from orchestrator.data.shards import check_shards
+from orchestrator.storage import resolve
 
 
 @app.group()
@@ -33,8 +37,6 @@ def data() -> None:
 def prepare(folder: str, out: str, shard_size: int, row_group_size: int, on_corrupt: str, seed: int, workers: int,
             endpoint: str | None, overwrite: bool, progress: bool | None) -> None:
     """Convert an ImageFolder tree into Parquet shards plus a manifest at URI."""
-    from orchestrator.data.prepare import PrepareOptions, prepare_shards
-
     opts = PrepareOptions(shard_size=shard_size, row_group_size=row_group_size, on_corrupt=on_corrupt, seed=seed,
                           overwrite=overwrite, workers=workers, endpoint=endpoint, progress=progress)
     m = prepare_shards(folder, out, opts)
@@ -48,10 +50,6 @@ def prepare(folder: str, out: str, shard_size: int, row_group_size: int, on_corr
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(uri: str, endpoint: str | None, as_json: bool) -> None:
     """Summarise the shard set at URI (and check that its shards are all there)."""
-    from orchestrator.data.manifest import load_manifest
-    from orchestrator.data.shards import check_shards
-    from orchestrator.storage import resolve
-
     loc = resolve(uri, endpoint)
     m = load_manifest(loc)
     check_shards(loc, m)

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
-import click
+import click  # noqa: TID253
 
 from orchestrator.cli import app
-from orchestrator.latency.kit_runner import DEFAULT_CALIBRATION, DEFAULT_VALIDATION, KIT_FORMATS, RUNTIMES
+from orchestrator.latency.calibrate import CalibrationConfig
+from orchestrator.latency.hardware import (
+    cluster_profiles,
+    default_profile,
+    local_profiles,
+    node_resources,
+    parse_profile,
+)
+from orchestrator.latency.kit import below_goal, import_kit, write_kit
+from orchestrator.latency.kit_runner import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_VALIDATION,
+    KIT_FORMATS,
+    RUNTIMES,
+    runtime_version,
+)
+from orchestrator.latency.measure import default_config
+from orchestrator.latency.official import OFFICIAL_HARDWARE, import_proxyless_yaml
+from orchestrator.latency.runner import build_tables, config_of, describe, validate_table
+from orchestrator.latency.table import LatencyTable
+from orchestrator.netconfig import load_arch
+from orchestrator.ray_session import ray_session
+from orchestrator.spaces import get_space
 
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 RUNTIME_CHOICES = ("torch", *RUNTIMES)
@@ -20,8 +43,6 @@ def latency() -> None:
 
 def _profiles(names: tuple[str, ...], device: str, use_ray: bool):
     """The profiles ``--hardware`` names; none means this node's device, ``all`` every one the cluster offers."""
-    from orchestrator.latency.hardware import cluster_profiles, default_profile, parse_profile
-
     if not names:
         return [default_profile(device)]
     if "all" in names:
@@ -93,14 +114,6 @@ def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n:
           endpoint: str | None, out: str) -> None:
     """Measure every (block, candidate) of a space, plus stem and head, on each named hardware; calibrate the
     entries on whole networks there and validate them on held-out ones."""
-    import contextlib
-
-    from orchestrator.latency.calibrate import CalibrationConfig
-    from orchestrator.latency.measure import default_config
-    from orchestrator.latency.runner import build_tables, describe
-    from orchestrator.ray_session import ray_session
-    from orchestrator.spaces import get_space
-
     space = get_space(space_name)
     calibration = CalibrationConfig(networks=networks, group_size=group_size, seed=seed, validate=validate_n,
                                     validation_seed=validation_seed)
@@ -108,8 +121,6 @@ def build(hardware: tuple[str, ...], space_name: str, networks: int, validate_n:
                     min_repeat_ms=min_repeat_ms, resolution=resolution, statistic=statistic, clock=clock,
                     method=method, min_rounds=min_rounds, max_rounds=max_rounds, runtime=runtime, provider=provider)
     if runtime != "torch":
-        from orchestrator.latency.kit_runner import runtime_version
-
         runtime_version(runtime)  # refuse a runtime this machine lacks before starting anything
         if dtype != "float32" or method or statistic or repeats is not None:
             raise ValueError(f"--runtime {runtime} times whole float32 networks: --dtype, --method, --statistic "
@@ -144,9 +155,6 @@ def kit(space_name: str, fmt: str, networks: int, validate_n: int, seed: int, va
     """Write a latency kit: whole networks of a space to measure on a device that is not a cluster node."""
     from tqdm import tqdm
 
-    from orchestrator.latency.kit import write_kit
-    from orchestrator.spaces import get_space
-
     space = get_space(space_name)
     with tqdm(total=networks + validate_n, desc=f"kit {space.name} ({fmt})", unit="net", disable=None) as bar:
         manifest = write_kit(space, fmt, out, networks, validate_n, seed, validation_seed, bar.update)
@@ -172,8 +180,6 @@ def kit(space_name: str, fmt: str, networks: int, validate_n: int, seed: int, va
 def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str | None, runtime: str | None,
             hardware: str | None, space_name: str, endpoint: str | None, out: str) -> None:
     """Convert an official latency table FILE, or fit a kit device's table from its measured --kit --results."""
-    from orchestrator.spaces import get_space
-
     if kit_dir is not None:
         if file is not None or fmt is not None:
             raise ValueError("give either FILE --format proxyless-yaml or --kit with --results, not both")
@@ -181,9 +187,6 @@ def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str
             raise ValueError("--kit needs --results FILE and --hardware NAME")
         if space_name is not None:
             raise ValueError("--space belongs to the official table: a kit's manifest names its space")
-        from orchestrator.latency.kit import below_goal, import_kit
-        from orchestrator.latency.runner import describe
-
         table = import_kit(kit_dir, results, hardware, runtime, endpoint=endpoint)
         table.to_model()
         warning = below_goal(table)
@@ -200,8 +203,6 @@ def import_(file: str | None, fmt: str | None, kit_dir: str | None, results: str
         raise ValueError("give FILE --format proxyless-yaml, or --kit DIR --results FILE --hardware NAME")
     if results is not None or runtime is not None:
         raise ValueError("--results and --runtime belong to a kit import (--kit)")
-    from orchestrator.latency.official import OFFICIAL_HARDWARE, import_proxyless_yaml
-
     hardware = hardware or OFFICIAL_HARDWARE
     space = get_space(space_name or "proxyless-imagenet")
     table = import_proxyless_yaml(file, hardware, space, endpoint)
@@ -221,9 +222,6 @@ def predict(table_uri: str, arch: str, as_json: bool, plain: bool, endpoint: str
 
     ARCH may name a K-class variant of the table's space (``proxyless-imagenet[c100]:...``): its head is priced
     for its own classes."""
-    from orchestrator.latency.table import LatencyTable
-    from orchestrator.netconfig import load_arch
-
     table = LatencyTable.load(table_uri, endpoint)
     a = load_arch(arch)
     ms = table.predict(a, plain=plain)
@@ -252,12 +250,6 @@ def predict(table_uri: str, arch: str, as_json: bool, plain: bool, endpoint: str
 def validate(table_uri: str, samples: int, seed: int, uniform: bool, record: bool, as_json: bool, local: bool,
              address: str | None, endpoint: str | None) -> None:
     """Measure held-out whole networks on the table's hardware; score the table and its plain entries."""
-    import contextlib
-
-    from orchestrator.latency.runner import config_of, describe, validate_table
-    from orchestrator.latency.table import LatencyTable
-    from orchestrator.ray_session import ray_session
-
     table = LatencyTable.load(table_uri, endpoint)
     table.to_model()
     config_of(table)
@@ -276,8 +268,6 @@ def validate(table_uri: str, samples: int, seed: int, uniform: bool, record: boo
 @click.option("--json", "as_json", is_flag=True)
 def hardware_cmd(as_json: bool) -> None:
     """This node's measured profiles and the Ray resources that offer them (for ``ray start --resources``)."""
-    from orchestrator.latency.hardware import local_profiles, node_resources
-
     profiles = local_profiles()
     if as_json:
         click.echo(json.dumps({"profiles": [p.name for p in profiles], "resources": node_resources(profiles)}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import click
+import click  # noqa: TID253
 
 from orchestrator.ray_train import ClusterSpec
 from orchestrator.runs import local_tracking_uri

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
+import click  # noqa: TID253
 
+from orchestrator import tracking
 from orchestrator.cli import app
+from orchestrator.sweep.report import compare_fronts
 
 
 @app.command("pareto")
@@ -18,9 +20,6 @@ from orchestrator.cli import app
               "sqlite:///mlflow.db here).")
 def pareto(experiments: tuple[str, ...], out_dir: str, tracking_uri: str | None) -> None:
     """Non-dominated sets and hypervolumes per hardware, from the experiments' retrain runs."""
-    from orchestrator import tracking
-    from orchestrator.sweep.report import compare_fronts
-
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

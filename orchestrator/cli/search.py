@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
+import click  # noqa: TID253
 
 from orchestrator.cli import app
 from orchestrator.cli.options import cluster_spec, config_options, local_runtime, on_ray, refuse_unused, run_options

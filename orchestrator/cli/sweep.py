@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import click
+import click  # noqa: TID253
 
 from orchestrator.cli import app
+from orchestrator.sweep import load_sweep, run_sweep
 
 
 @app.command("sweep")
@@ -21,8 +22,6 @@ from orchestrator.cli import app
 def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num_cpus: int | None, gpu: bool,
           allow_autoscale: bool) -> None:
     """Run (or resume, with the same name and storage) a sweep; prints each point and where to look."""
-    from orchestrator.sweep import load_sweep, run_sweep
-
     flags = [*(["use_gpu=true"] if gpu else []), *(["allow_autoscale=true"] if allow_autoscale else [])]
     cfg = load_sweep(config_path, [*overrides, *flags])
     res = run_sweep(cfg, address=address, num_cpus=num_cpus)

@@ -7,22 +7,9 @@ steps) and validation parts that never overlap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: TensorDataset  # weight steps
-    holdout: TensorDataset  # architecture steps, disjoint from train
-    valid: TensorDataset  # reporting accuracy of derived nets
-    train_index: tuple[int, ...]
-    holdout_index: tuple[int, ...]
-    valid_index: tuple[int, ...]
 
 
 def load_digits_tensors(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +42,3 @@ def split_indices(labels: np.ndarray, holdout_per_class: int, valid_fraction: fl
         train += idx[holdout_per_class + n_valid :].tolist()
     return sorted(train), sorted(holdout), sorted(valid)
 
-
-def digits_splits(resolution: int, seed: int = 0, holdout_per_class: int = 20, valid_fraction: float = 0.2) -> Splits:
-    x, y = load_digits_tensors(resolution)
-    tr, ho, va = split_indices(y.numpy(), holdout_per_class, valid_fraction, seed)
-    part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
-    return Splits(part(tr), part(ho), part(va), tuple(tr), tuple(ho), tuple(va))

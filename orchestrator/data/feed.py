@@ -97,8 +97,9 @@ def concat_rows(a: Any, b: Any) -> Any:
         return TensorRows(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), np.concatenate([a._ids, b._ids]))
     if isinstance(a, FolderRows):
         return FolderRows(a.samples, np.concatenate([a.positions, b.positions]), a.transform)
-    from orchestrator.data.manifest import Index
-    from orchestrator.data.shards import ShardRows
+    # Only shard rows reach here; the shard modules import pyarrow, an optional package.
+    from orchestrator.data.manifest import Index  # noqa: PLC0415
+    from orchestrator.data.shards import ShardRows  # noqa: PLC0415
 
     rows = Index(*(np.concatenate([x, y]) for x, y in zip(
         (a.rows.id, a.rows.label, a.rows.shard, a.rows.row_group, a.rows.row),

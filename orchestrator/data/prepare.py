@@ -24,6 +24,9 @@ from typing import Iterator, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torchvision
+from PIL import Image
+from pyarrow.fs import FileType
 from tqdm import tqdm
 
 from orchestrator.data.folder import SourceTree, scan_imagefolder
@@ -84,8 +87,6 @@ def load_image(path: str) -> tuple[bytes, str | None]:
         return data, None
     except RuntimeError as e:
         reason = _reason(e)
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -126,8 +127,6 @@ def _chunks(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def _provenance(tree: SourceTree, opts: PrepareOptions, run: str) -> dict:
-    import torchvision
-
     return {"source": tree.root, "created_by": "nas data prepare", "run": run,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(), "user": getpass.getuser(), "python": platform.python_version(),
@@ -179,8 +178,6 @@ def _write_index(loc: Location, rel: str, rows: list[tuple[int, int, int, int, i
 
 def _root_exists(loc: Location) -> bool:
     """Whether the output folder (or any key under the S3 prefix) exists before this run."""
-    from pyarrow.fs import FileType
-
     try:
         return loc.fs.get_file_info(loc.root).type != FileType.NotFound
     except OSError as e:

@@ -18,13 +18,16 @@ the digits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from orchestrator.data.digits import load_digits_tensors, split_indices
 from orchestrator.data.feed import Feed, FolderRows, TensorRows, concat_rows
+from orchestrator.data.folder import scan_imagefolder
 from orchestrator.data.transforms import COLOR_JITTER, eval_transform, train_transform
+from orchestrator.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,6 @@ class DataSpec:
             raise ValueError(f"mp_context: must be fork, spawn or forkserver, got {self.mp_context!r}")
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
     @property
@@ -121,17 +122,15 @@ def split_positions(labels: np.ndarray, spec: DataSpec, role: Role = "search") -
                                                                                          list[int]]:
     """(weight-training, held-out, validation) positions: the search's seeded per-class split. A retrain with a
     separate validation set trains on every image; without one it keeps the search's validation split."""
-    from orchestrator.data.digits import split_indices
-
     if role == "retrain" and spec.valid_uri:
         return list(range(len(labels))), [], []
     return split_indices(labels, spec.holdout_per_class, spec.train_valid_fraction, spec.seed)
 
 
 def _open_shards(uri: str, spec: DataSpec):
-    from orchestrator.data.manifest import load_index, load_manifest
-    from orchestrator.data.shards import ShardSet, check_shards
-    from orchestrator.storage import resolve
+    # The shard modules import pyarrow, an optional package: digits and ImageFolder data run with torch alone.
+    from orchestrator.data.manifest import load_index, load_manifest  # noqa: PLC0415
+    from orchestrator.data.shards import ShardSet, check_shards  # noqa: PLC0415
 
     loc = resolve(uri, spec.endpoint)
     manifest = load_manifest(loc)
@@ -148,8 +147,6 @@ def open_splits(spec: DataSpec, resolution: int, num_classes: int | None = None,
     train_tf = train_transform(resolution, spec.jitter(role))
     eval_tf = eval_transform(resolution)
     if spec.kind == "digits":
-        from orchestrator.data.digits import load_digits_tensors
-
         _check_classes(10, num_classes, "digits", what)
         x, y = load_digits_tensors(resolution)
         tr, ho, va = split_positions(y.numpy(), spec, role)
@@ -157,8 +154,6 @@ def open_splits(spec: DataSpec, resolution: int, num_classes: int | None = None,
         train, holdout, valid = part(tr), part(ho), part(va)
         classes, where = tuple(str(i) for i in range(10)), "digits"
     elif spec.kind == "imagefolder":
-        from orchestrator.data.folder import scan_imagefolder
-
         tree = scan_imagefolder(spec.uri.removeprefix("file://"))
         _check_classes(len(tree.classes), num_classes, tree.root, what)
         tr, ho, va = split_positions(np.array([c for _, c in tree.samples]), spec, role)
@@ -171,7 +166,7 @@ def open_splits(spec: DataSpec, resolution: int, num_classes: int | None = None,
             valid = FolderRows(vtree.samples, range(len(vtree.samples)), eval_tf)
         classes, where = tuple(tree.classes), tree.root
     else:
-        from orchestrator.data.shards import ShardRows
+        from orchestrator.data.shards import ShardRows  # noqa: PLC0415 (pyarrow, optional)
 
         manifest, index, sset = _open_shards(spec.uri, spec)
         _check_classes(manifest.num_classes, num_classes, spec.uri, what)
@@ -204,6 +199,6 @@ def _empty(rows: Any) -> Any:
         return TensorRows(rows.x[:0], rows.y[:0], [])
     if isinstance(rows, FolderRows):
         return FolderRows(rows.samples, [], rows.transform)
-    from orchestrator.data.shards import ShardRows
+    from orchestrator.data.shards import ShardRows  # noqa: PLC0415 (pyarrow, optional)
 
     return ShardRows(rows.shards, rows.rows.take(np.arange(0)), rows.transform, rows.decode)

@@ -13,6 +13,8 @@ import platform
 import re
 from dataclasses import dataclass
 
+import torch
+
 RESOURCE_PREFIX = "hw:"
 ANALYTIC = ("flops",)
 IMPORTED = ("pixel1",)
@@ -71,8 +73,6 @@ def cpu_model_name() -> str:
 
 
 def cuda_device_name(device: str = "cuda") -> str:
-    import torch
-
     if not torch.cuda.is_available():
         raise ValueError("no CUDA device is visible on this node")
     return torch.cuda.get_device_name(torch.device(device))
@@ -124,15 +124,10 @@ def known_hardware() -> str:
 def local_profiles() -> tuple[HardwareProfile, ...]:
     """Every measured profile this node has: its CPU and each distinct visible CUDA device."""
     profiles = [default_profile("cpu")]
-    try:
-        import torch
-
-        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-            p = default_profile(f"cuda:{i}")
-            if p not in profiles:
-                profiles.append(p)
-    except ImportError:
-        pass
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        p = default_profile(f"cuda:{i}")
+        if p not in profiles:
+            profiles.append(p)
     return tuple(profiles)
 
 

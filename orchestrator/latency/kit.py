@@ -28,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -185,8 +186,6 @@ def write_kit(space: SearchSpace, fmt: str, out: str | Path, networks: int = DEF
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"torch": torch.__version__}
     for pkg in ("orchestrator", "onnx", "litert-torch"):
         try:

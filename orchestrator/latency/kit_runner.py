@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,6 @@ def runtime_version(runtime: str) -> str:
         package = {"ai_edge_litert": "ai-edge-litert"}.get(module, module)
         raise ValueError(f"runtime {runtime!r} is not installed here (pip install {package})") from None
     if module == "ai_edge_litert":
-        from importlib.metadata import version
-
         return version("ai-edge-litert")
     return str(mod.__version__)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.latency.flops import flops_model
 from orchestrator.latency.hardware import DEVICE, known_hardware, parse_profile
 from orchestrator.latency.kit_runner import RUNTIMES as DEPLOYMENT_RUNTIMES
 from orchestrator.latency.model import LatencyModel
+from orchestrator.latency.official import import_proxyless_yaml
+from orchestrator.latency.table import LatencyTable
 from orchestrator.spaces import SearchSpace
 
 DEFAULT_RUNTIME = "torch"
@@ -19,9 +22,6 @@ REFERENCE_PIXEL1 = Path(__file__).resolve().parents[3] / "shared" / "reference" 
 
 def load_table(uri: str, hardware: str = "pixel1"):
     """A table from a Parquet URI, or from an official YAML file (``.yaml``/``.yml``) imported on the fly."""
-    from orchestrator.latency.official import import_proxyless_yaml
-    from orchestrator.latency.table import LatencyTable
-
     if uri.endswith((".yaml", ".yml")):
         return import_proxyless_yaml(uri, hardware)
     return LatencyTable.load(uri)
@@ -44,8 +44,6 @@ def latency_model(hardware: str, space: SearchSpace, table: str | None = None,
         if runtime != DEFAULT_RUNTIME:
             raise ValueError(f"hardware {hardware!r} counts multiply-accumulates: it has no runtime (drop runtime: "
                              f"{runtime})")
-        from orchestrator.latency.flops import flops_model
-
         return flops_model(space)
     if table is None:
         if profile.kind == DEVICE:

@@ -11,14 +11,16 @@ at a time there (measurements would disturb each other), while different hardwar
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
 from orchestrator.arch import Arch
 from orchestrator.latency import calibrate, kit_runner
@@ -71,8 +73,6 @@ class ChunkResult:
 
 
 def _node_info(cfg: MeasureConfig, overhead_ms: float) -> NodeInfo:
-    import torch
-
     node_id = None
     try:
         import ray
@@ -163,6 +163,8 @@ Job = tuple[Callable[..., ChunkResult], tuple, int]  # function, args, progress 
 
 def run_local(jobs: Sequence[Job], desc: str) -> list[ChunkResult]:
     """Run chunks here, one after the other, with a progress bar."""
+    from tqdm import tqdm  # optional: importing this module needs no tqdm
+
     out = []
     with tqdm(total=sum(j[2] for j in jobs), desc=desc, unit="entry", disable=None) as bar:
         for fn, args, n in jobs:
@@ -174,6 +176,7 @@ def run_local(jobs: Sequence[Job], desc: str) -> list[ChunkResult]:
 def run_ray(jobs: Sequence[Job], profile: HardwareProfile, cfg: MeasureConfig, desc: str) -> list[ChunkResult]:
     """Run chunks as Ray tasks on nodes offering ``profile``'s resource; progress as they finish."""
     import ray
+    from tqdm import tqdm
 
     if ray.cluster_resources().get(profile.resource, 0) <= 0:
         raise ValueError(f"no node in the Ray cluster offers hardware {profile.name!r} "
@@ -347,8 +350,6 @@ def build_tables(space: SearchSpace, jobs: Sequence[tuple[HardwareProfile, Measu
     """Build one table per (profile, config); on Ray the different hardware is measured at the same time."""
     if not use_ray or len(jobs) == 1:
         return [build_table(space, p, cfg, use_ray, calibration) for p, cfg in jobs]
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         return list(pool.map(lambda job: build_table(space, job[0], job[1], True, calibration), jobs))
 
@@ -392,8 +393,6 @@ def reference_factor(table: LatencyTable, result: ChunkResult) -> float:
 
 def validation_record(table: LatencyTable, groups: Sequence[GroupTiming], seed: int) -> dict:
     """The figures of a validation on ``groups`` (see ``calibrate.score``), with when, what and how it ran."""
-    import os
-
     space = table.space()
     figures = calibrate.score(table.to_model(space), table.to_model(space, plain=True), groups,
                               reference_ms(table), space)

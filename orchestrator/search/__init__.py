@@ -21,11 +21,11 @@ from orchestrator.search.state import (
     state_dict,
     weight_lr,
 )
-from orchestrator.search.steps import arch_step, arch_step_grad, arch_step_rl, no_sync, weight_step
+from orchestrator.search.steps import arch_step, arch_step_grad, arch_step_rl, weight_step
 
 __all__ = [
     "ArchConfig", "SearchConfig", "WeightConfig", "config_from_dict", "load_config",
     "SearchResult", "load_checkpoint", "make_result", "open_data", "resolve_latency", "run_search",
     "save_checkpoint", "SearchState", "alpha_fingerprint", "init_state", "load_state_dict", "path_fingerprint",
-    "state_dict", "weight_lr", "arch_step", "arch_step_grad", "arch_step_rl", "no_sync", "weight_step",
+    "state_dict", "weight_lr", "arch_step", "arch_step_grad", "arch_step_rl", "weight_step",
 ]

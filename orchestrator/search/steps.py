@@ -9,7 +9,7 @@ device of the batch it is given.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,19 +27,13 @@ from orchestrator.search.objective import (
 from orchestrator.search.sampling import generator, sample_pairs, sample_path
 from orchestrator.search.state import SearchState, weight_lr
 
-Sync = Callable[[list[torch.Tensor]], None]
 
-
-def no_sync(tensors: list[torch.Tensor]) -> None:
-    """The one-process default: gradients are already complete."""
-
-
-def weight_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *, sync: Sync | None = None) -> dict:
+def weight_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """One SGD step on one path sampled from softmax(α); only that path's weights get gradients and move.
 
     The step itself is the training core's (``Trainer.step``, shared with retraining), given the sampled path as
-    its forward function; ``images`` and ``labels`` are on the runtime's device. ``sync`` is unused here: the
-    trainer's runtime averages gradients across ranks."""
+    its forward function; ``images`` and ``labels`` are on the runtime's device. The trainer's runtime averages
+    gradients across ranks."""
     path = sample_path(state.logits.probs().detach(), generator(state.cfg.seed, "path", state.step))
     state.paths.append(("w", state.step, tuple(path)))
     lr = weight_lr(state.cfg, state.step, state.steps_per_epoch)
@@ -48,13 +42,12 @@ def weight_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor, 
     return {**metrics, "lr": lr}
 
 
-def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, sync: Sync | None,
-                      rows: torch.Tensor | None = None) -> torch.Tensor:
+def _apply_alpha_grad(state: SearchState, grad: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Set α's gradient, all-reduce it, take the Adam step (of the blocks in ``rows`` only, when given: the
     optimiser is then ``BlockAdam``); returns α before the step (for the rescale)."""
     alpha = state.logits.alpha
     alpha.grad = grad.masked_fill(~state.logits.mask, 0.0).contiguous()
-    (sync or state.rt.comm.mean_)([alpha.grad])
+    state.rt.comm.mean_([alpha.grad])
     before = alpha.detach().clone()
     if rows is None:
         state.arch_opt.step()
@@ -184,8 +177,7 @@ def arch_gradient(state: SearchState, images: torch.Tensor, labels: torch.Tensor
     return ArchGradient(grad, gate_grads, active, loss.detach(), ce.detach(), expected.detach(), out.detach())
 
 
-def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
-                   sync: Sync | None = None) -> dict:
+def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """The gradient architecture step on a held-out batch (``arch.grad_mode``: the paper's ``two`` or the
     official default ``full_v2``), then Adam on α and, in two mode, the rescale of each sampled pair.
 
@@ -202,7 +194,7 @@ def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tenso
         skipped = [b for b, p in enumerate(active) if state.space.candidates[p[0]].is_zero]
         rows = torch.ones(len(active), dtype=torch.bool, device=alpha.device)
         rows[skipped] = False
-    before = _apply_alpha_grad(state, res.alpha_grad, sync, rows)
+    before = _apply_alpha_grad(state, res.alpha_grad, rows)
     if cfg.arch.grad_mode == "two" and cfg.arch.rescale:
         rescale_pairs(alpha.data, before, [p[:1] if b in skipped else p for b, p in enumerate(active)])
     state.arch_step += 1
@@ -210,8 +202,7 @@ def arch_step_grad(state: SearchState, images: torch.Tensor, labels: torch.Tenso
     return {"arch_loss": res.loss, "arch_ce": res.ce, "arch_acc": acc, "expected_latency": res.expected}
 
 
-def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *,
-                 sync: Sync | None = None) -> dict:
+def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """REINFORCE: sample ``rl_samples`` paths, reward accuracy × (T / LAT)^w against a moving-average baseline."""
     cfg, a = state.cfg, state.cfg.arch
     logp_all = torch.log_softmax(state.logits.masked(), dim=-1)
@@ -232,7 +223,7 @@ def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
         accs.append(acc)
     # The baseline must stay identical on every rank, so it moves with the all-reduced mean reward.
     mean_t = torch.tensor([sum(rewards) / len(rewards)], dtype=torch.float64, device=dev)
-    (sync or state.rt.comm.mean_)([mean_t])
+    state.rt.comm.mean_([mean_t])
     mean_reward = float(mean_t.item())
     moved = mean_reward if state.baseline is None else (
         a.rl_baseline_decay * state.baseline + (1 - a.rl_baseline_decay) * mean_reward)
@@ -241,7 +232,7 @@ def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
     baseline = moved if a.rl_baseline == "before" or state.baseline is None else state.baseline
     loss = -sum((r - baseline) * lp for r, lp in zip(rewards, logps)) / len(rewards)
     (grad,) = torch.autograd.grad(loss, [state.logits.alpha])
-    _apply_alpha_grad(state, grad, sync)
+    _apply_alpha_grad(state, grad)
     state.baseline = moved
     state.arch_step += 1
     expected = state.latency.expected(state.logits.probs().detach()).item()
@@ -249,7 +240,7 @@ def arch_step_rl(state: SearchState, images: torch.Tensor, labels: torch.Tensor,
             "expected_latency": expected}
 
 
-def arch_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor, *, sync: Sync | None = None) -> dict:
+def arch_step(state: SearchState, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """The configured architecture step (``arch.algo``)."""
     fn = arch_step_grad if state.cfg.arch.algo == "grad" else arch_step_rl
-    return fn(state, images, labels, sync=sync)
+    return fn(state, images, labels)

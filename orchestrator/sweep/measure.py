@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 from dataclasses import dataclass
+
+from orchestrator.arch import Arch
+from orchestrator.latency.hardware import parse_profile
+from orchestrator.latency.profiles import latency_model
+from orchestrator.latency.runner import config_of, measure_archs_chunk, measure_runtime_chunk, reference_factor
+from orchestrator.latency.table import LatencyTable
+from orchestrator.metrics import count_macs
+from orchestrator.network import build_net
+from orchestrator.spaces import get_space
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,6 @@ class MeasuredLatency:
 
 
 def _count_mmacs(arch: str) -> tuple[float, dict, float]:
-    import socket
-
-    from orchestrator.metrics import count_macs
-    from orchestrator.network import build_net
-
     t0 = time.time()
     net = build_net(arch)
     macs = count_macs(net, net.space.resolution, net.space.in_channels)
@@ -57,9 +62,6 @@ def _time_network(arch: str, table_uri: str, rounds: int | None) -> tuple[float,
     part by part on the table's clock), then put at the host speed the table was built at: the reference network's
     latency then over its latency now. A shared host's drift between building and measuring cancels out; the
     raw figure and the factor are kept in the node record."""
-    from orchestrator.latency.runner import config_of, measure_archs_chunk, measure_runtime_chunk, reference_factor
-    from orchestrator.latency.table import LatencyTable
-
     t0 = time.time()
     table = LatencyTable.load(table_uri)
     cfg = config_of(table)
@@ -85,8 +87,6 @@ def check_hardware_available(hardware: str) -> None:
     """Refuse a measured profile that no node of the running cluster offers (its task would wait forever)."""
     import ray
 
-    from orchestrator.latency.hardware import parse_profile
-
     profile = parse_profile(hardware)
     if profile.measured and ray.cluster_resources().get(profile.resource, 0) <= 0:
         raise ValueError(f"no node in the Ray cluster offers hardware {hardware!r} (resource {profile.resource!r}); "
@@ -100,11 +100,6 @@ def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | N
     measurement under its name."""
     import ray
 
-    from orchestrator.arch import Arch
-    from orchestrator.latency.hardware import parse_profile
-    from orchestrator.latency.profiles import latency_model
-    from orchestrator.spaces import get_space
-
     profile = parse_profile(hardware)
     space = get_space(Arch.parse(arch).space)
     model = latency_model(hardware, space, table, runtime)
@@ -117,8 +112,6 @@ def measure_latency(arch: str, hardware: str, table: str | None, rounds: int | N
                                                  num_gpus=1 if profile.kind == "cuda" else 0, max_retries=1,
                                                  scheduling_strategy=_outside_trial())
         value, node, secs = ray.get(task.remote(arch, table, rounds))
-        from orchestrator.latency.table import LatencyTable
-
         prov = dataclasses.asdict(LatencyTable.load(table).provenance)
         method = "measured"
     elif profile.kind == "analytic":

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import tracking
 from orchestrator.pareto import PUBLISHED_REFERENCE, Point, plot_fronts, reference_latency, summarize_front
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ class FrontReport:
 
 def experiment_points(uri: str, experiment: str) -> dict[str, list[Point]]:
     """The experiment's points by hardware; ``ValueError`` if it is unknown or holds no measured point."""
-    from orchestrator import tracking
-
     runs = tracking.find_runs(uri, experiment, RETRAIN_FILTER)
     acc_key, kind = "val_accuracy", "retrain"
     if not runs:
