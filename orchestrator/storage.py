@@ -133,14 +133,19 @@ def write_bytes(loc: Location, rel: str, data: bytes) -> None:
 
 
 def publish_bytes(loc: Location, rel: str, data: bytes) -> None:
-    """Make ``rel`` appear whole or not at all: a temp name then a move (a rename locally; one PUT on S3)."""
+    """Make ``rel`` appear whole or not at all: a temp name then a move (a rename locally, durable: the file is
+    fsync'ed before it and the folder after it; one PUT on S3)."""
     if loc.is_s3:
         write_bytes(loc, rel, data)
         return
+    from orchestrator.durable import fsync_dir, fsync_file
+
     tmp = f"{rel}.tmp-{os.getpid()}"
     write_bytes(loc, tmp, data)
     try:
+        fsync_file(loc.path(tmp))
         loc.fs.move(loc.path(tmp), loc.path(rel))
+        fsync_dir(posixpath.dirname(loc.path(rel)))
     except OSError as e:
         remove_quietly(loc, tmp)
         raise storage_error(e, loc.uri_of(rel)) from None

@@ -205,6 +205,7 @@ def prepare_shards(imagefolder: str | os.PathLike, out: str, opts: PrepareOption
         if not shards:
             raise ValueError(f"{tree.root}: every image is corrupt, nothing to write")
         _write_index(loc, f"{run_dir}/index.parquet", index)
+        _sync(loc, [s.path for s in shards] + [f"{run_dir}/index.parquet"], run_dir)
         counts = np.bincount([r[1] for r in index], minlength=len(tree.classes))
         manifest = Manifest(classes=tree.classes, counts=tuple(int(c) for c in counts), shards=tuple(shards),
                             index=f"{run_dir}/index.parquet", skipped=tuple(skipped),
@@ -220,6 +221,21 @@ def prepare_shards(imagefolder: str | os.PathLike, out: str, opts: PrepareOption
     log.info("wrote %d images of %d classes in %d shards to %s (%d corrupt skipped)", manifest.num_samples,
              manifest.num_classes, len(shards), loc.uri, len(skipped))
     return manifest
+
+
+def _sync(loc: Location, files: list[str], run_dir: str) -> None:
+    """On a local filesystem, put the shards and the index on disk before the manifest that lists them is published
+    (``publish_bytes`` makes the manifest itself durable); an S3 object is durable once written."""
+    if loc.is_s3:
+        return
+    from orchestrator.durable import fsync_dir, fsync_file
+
+    try:
+        for rel in files:
+            fsync_file(loc.path(rel))
+        fsync_dir(loc.path(run_dir))
+    except OSError as e:
+        raise storage_error(e, loc.uri_of(run_dir)) from None
 
 
 def _drop_old(loc: Location, old: Manifest | None, run_dir: str) -> None:
