@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from torchvision.datasets.folder import default_loader
-
 from orchestrator.data.partition import block, check_rank
+from orchestrator.data.transforms import open_image
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -83,10 +82,7 @@ class FolderRows:
         out = []
         for p in self.positions[positions].tolist():
             path, label = self.samples[p]
-            try:
-                img = default_loader(path)
-            except OSError as e:
-                raise OSError(f"{path}: cannot read image ({e})") from None
+            img = open_image(path)  # 8-bit RGB; anything undecodable is one OSError naming the file
             out.append((self.transform(img), label))
         return out
 
