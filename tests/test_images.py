@@ -157,8 +157,8 @@ def test_prepare_accounts_for_every_file_on_the_console(mixed, tmp_path):
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
     for line in ("ant/notes.txt: skipped, not an image file", "ant/README: skipped, not an image file",
-                 "skipping corrupt image bee/bomb.png (decompression bomb", "skipping corrupt image bee/empty.jpg "
-                 "(empty file)"):
+                 "skipping corrupt image bee/bomb.png (decompression bomb",
+                 "skipping corrupt image bee/empty.jpg (empty file)"):
         assert line in err, err
     m = load_manifest(resolve(str(out)))
     assert f"{m.num_samples} images, 3 classes" in proc.stdout

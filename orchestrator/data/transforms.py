@@ -116,7 +116,7 @@ class UnreadableImage(OSError):
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # what PIL opens 16-bit greyscale PNG/TIFF as
 
 
-def to_rgb(im: "Image.Image") -> "Image.Image":
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB. PIL's own ``convert("RGB")`` clips 16-bit greyscale (modes ``I;16``, ``I``) at
     255, which turns nearly every pixel white; those are scaled (v / 257, rounded: 65535 -> 255) instead. Palette,
     CMYK, greyscale and alpha images go through PIL's conversion (alpha dropped)."""
@@ -132,7 +132,7 @@ def to_rgb(im: "Image.Image") -> "Image.Image":
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def open_image(path: str) -> "Image.Image":
+def open_image(path: str) -> Image.Image:
     """An image file decoded to 8-bit RGB (the ImageFolder reader's decoder); ``UnreadableImage`` naming the file
     for anything that does not decode, a decompression bomb (more pixels than PIL's ``MAX_IMAGE_PIXELS`` allows
     twice over, refused from the header before any memory is spent) included."""
