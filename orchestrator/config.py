@@ -4,11 +4,18 @@ Search, retrain and sweep configs are all built here. Every value is checked aga
 config is built (``'1'`` is not ``1``; an unknown key is named with the keys that exist), and each dataclass's
 ``__post_init__`` then checks ranges, so bad input fails in milliseconds, naming the dotted key, before any data,
 model or cluster is touched.
+
+Two checks hold for every key of every config, whatever its dataclass checks: a number is finite (NaN passes every
+range comparison, and ±inf would only fail deep inside a run), and an integer fits in 64 bits (what torch, numpy
+and Parquet hold). A field can also carry an upper bound, ``field(metadata={"max": N})``, for a value that would
+exhaust the machine (a resolution, a batch size, a process count); ``build`` enforces it, and a dataclass built
+another way calls ``check_limits(self)`` in its ``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,10 +23,50 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+INT64 = (-(2**63), 2**63 - 1)  # what torch, numpy and Parquet hold; larger integers fail in C code, not here
+
 
 def fail(key: str, msg: str) -> None:
     """Raise the ``ValueError`` every config check raises: the dotted key, then what is wrong."""
     raise ValueError(f"{key}: {msg}")
+
+
+def check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and ±inf (a YAML ``.nan``/``.inf``), naming ``key``; anything else passes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(key, f"must be a finite number, got {value}")
+
+
+def refuse_non_finite(data: Any, prefix: str = "") -> None:
+    """Refuse NaN and ±inf anywhere in raw config data (mappings and lists, as YAML gives them), naming the first
+    as a dotted key (``grid[0].targets[1]``), so that no config value, typed here or by a loader of its own, can
+    be non-finite."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            refuse_non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (list, tuple)):
+        for i, v in enumerate(data):
+            refuse_non_finite(v, f"{prefix}[{i}]")
+    else:
+        check_finite(prefix or "config", data)
+
+
+def _limit(key: str, meta: Any, value: Any) -> None:
+    """A field's ``metadata={"max": N}`` bound (and ``"min"``, where given) on a number it holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    hi, lo = meta.get("max"), meta.get("min")
+    if hi is not None and value > hi:
+        fail(key, f"must be at most {hi}, got {value}")
+    if lo is not None and value < lo:
+        fail(key, f"must be at least {lo}, got {value}")
+
+
+def check_limits(obj: Any, prefix: str = "") -> None:
+    """Enforce the ``metadata`` bounds of every field of dataclass instance ``obj`` (for a ``__post_init__``)."""
+    for f in dataclasses.fields(obj):
+        if f.metadata:
+            _limit(prefix + f.name, f.metadata, getattr(obj, f.name, None))
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
@@ -57,11 +104,18 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail(key, f"expected an integer, got {value!r}")
+        if not INT64[0] <= value <= INT64[1]:
+            fail(key, f"must fit in 64 bits, got {value}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(key, f"expected a number, got {value!r}")
-        return float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            fail(key, "must be a finite number, got an integer beyond the float range")
+        check_finite(key, out)
+        return out
     if hint is str:
         if not isinstance(value, str):
             fail(key, f"expected a string, got {value!r}")
@@ -79,6 +133,10 @@ def build(cls: type[T], data: dict, prefix: str = "") -> T:
     if unknown:
         fail(prefix + unknown[0], f"unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls) if f.metadata}
+    for k, v in kwargs.items():
+        if k in meta:
+            _limit(prefix + k, meta[k], v)
     try:
         return cls(**kwargs)
     except ValueError as e:
@@ -105,7 +163,10 @@ def _deepcopy(d: dict) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML (``0.1``, ``true``, ``[0, 0.9]``)."""
+    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML (``0.1``, ``true``, ``[0, 0.9]``).
+
+    Every config loader (search, retrain, sweep) passes its data through here, so NaN and ±inf are refused here,
+    anywhere in the result, naming the dotted key (``target: must be a finite number, got nan``)."""
     out = _deepcopy(data)
     for item in overrides:
         import yaml  # here: a config given as a dict needs no PyYAML (test_torch_only)
@@ -130,6 +191,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 raise ValueError(f"{key}: {p!r} is not a section")
             node = nxt
         node[parts[-1]] = value
+    refuse_non_finite(out)
     return out
 
 

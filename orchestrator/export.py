@@ -1,4 +1,5 @@
-"""Writing architectures out: official net.config JSON and ONNX graphs. Each write is atomic."""
+"""Writing architectures out: official net.config JSON and ONNX graphs. Each write is atomic and durable
+(``orchestrator.durable``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import torch
 from torch import nn
 
 from orchestrator.arch import Arch
+from orchestrator.durable import durable_replace
 from orchestrator.netconfig import to_net_config
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename, so a failure leaves nothing half-written."""
+    """Write through a temporary file in the same folder, fsync it and rename, then fsync the folder, so neither a
+    failure nor a power loss leaves anything half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,7 +26,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,7 +61,7 @@ def export_onnx(net: nn.Module, path: str | Path, resolution: int | None = None,
                 model.metadata_props.add(key=k, value=v)
             onnx.save(model, tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

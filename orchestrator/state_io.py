@@ -2,7 +2,8 @@
 
 Stored state is plain tensors and containers, so it always loads with ``torch.load(weights_only=True)``: a file
 that carries anything else (a pickled object, a code payload) is refused with one line and never executed.
-Writes are atomic, so a crash mid-write leaves the previous file intact.
+Writes are atomic and durable (fsync before and after the rename), so a crash or power loss mid-write leaves the
+previous file intact.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 
+from orchestrator.durable import durable_replace
+
 
 def state_bytes(state: dict) -> bytes:
     """``state`` serialised with ``torch.save`` (for object storage or a Ray checkpoint directory)."""
@@ -25,14 +28,15 @@ def state_bytes(state: dict) -> bytes:
 
 
 def save_state(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically and durably (temporary file in the same folder, fsync, rename, fsync
+    of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(state_bytes(state))
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

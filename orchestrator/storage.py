@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from orchestrator.durable import fsync_dir, fsync_file
+
 if TYPE_CHECKING:  # imported where a filesystem is made: the one-process core runs without pyarrow
     import pyarrow.fs as pafs
 
@@ -133,14 +135,17 @@ def write_bytes(loc: Location, rel: str, data: bytes) -> None:
 
 
 def publish_bytes(loc: Location, rel: str, data: bytes) -> None:
-    """Make ``rel`` appear whole or not at all: a temp name then a move (a rename locally; one PUT on S3)."""
+    """Make ``rel`` appear whole or not at all: a temp name then a move (a rename locally, durable: the file is
+    fsync'ed before it and the folder after it; one PUT on S3)."""
     if loc.is_s3:
         write_bytes(loc, rel, data)
         return
     tmp = f"{rel}.tmp-{os.getpid()}"
     write_bytes(loc, tmp, data)
     try:
+        fsync_file(loc.path(tmp))
         loc.fs.move(loc.path(tmp), loc.path(rel))
+        fsync_dir(posixpath.dirname(loc.path(rel)))
     except OSError as e:
         remove_quietly(loc, tmp)
         raise storage_error(e, loc.uri_of(rel)) from None

@@ -40,8 +40,10 @@ def prepare(folder: str, out: str, shard_size: int, row_group_size: int, on_corr
     opts = PrepareOptions(shard_size=shard_size, row_group_size=row_group_size, on_corrupt=on_corrupt, seed=seed,
                           overwrite=overwrite, workers=workers, endpoint=endpoint, progress=progress)
     m = prepare_shards(folder, out, opts)
+    others = len(m.provenance.get("not_images", ()))  # each named in a warning when the folder was scanned
     click.echo(f"{m.num_samples} images, {m.num_classes} classes, {len(m.shards)} shards, "
-               f"{len(m.skipped)} corrupt skipped -> {out.rstrip('/')}/manifest.json")
+               f"{len(m.skipped)} corrupt skipped{f', {others} not image files skipped' if others else ''} "
+               f"-> {out.rstrip('/')}/manifest.json")
 
 
 @data.command("info")

@@ -11,11 +11,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+DIGITS = 1797  # images in scikit-learn's digits
+MAX_BYTES = 4 * 2**30  # the float (N, 3, R, R) tensor of every digit, held in memory by every rank: up to 4 GiB
+
 
 def load_digits_tensors(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits as (N, 3, R, R) float images normalised to mean 0 / std 1, and int64 labels."""
+    """All digits as (N, 3, R, R) float images normalised to mean 0 / std 1, and int64 labels; ``ValueError`` when
+    they would not fit in ``MAX_BYTES`` (the 8 px digits upsampled to a large resolution carry no more signal)."""
     from sklearn.datasets import load_digits
 
+    size = DIGITS * 3 * resolution * resolution * 4
+    if size > MAX_BYTES:
+        top = int((MAX_BYTES / (DIGITS * 3 * 4)) ** 0.5)
+        raise ValueError(f"resolution: the embedded digits at {resolution} px would take {size / 2**30:.1f} GiB in "
+                         f"memory; they are held at up to {top} px (use an imagefolder or shards data set above)")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from torchvision.datasets.folder import default_loader
-
 from orchestrator.data.partition import block, check_rank
+from orchestrator.data.transforms import open_image
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,7 +39,17 @@ def _seed(*parts: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ splits
-class TensorRows:
+class _RandomAccess:
+    """Rows any of which loads as cheaply as any other (in memory, or one file each): a plain permutation."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def order(self, rng: np.random.Generator | None) -> np.ndarray:
+        return rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+
+
+class TensorRows(_RandomAccess):
     """A split held in memory as tensors (the embedded digits): loading is indexing, no decode, no augmentation."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[int] | None = None) -> None:
@@ -51,9 +60,6 @@ class TensorRows:
     def __len__(self) -> int:
         return len(self.y)
 
-    def order(self, rng: np.random.Generator | None) -> np.ndarray:
-        return rng.permutation(len(self)) if rng is not None else np.arange(len(self))
-
     def ids(self, positions: np.ndarray) -> np.ndarray:
         return self._ids[positions]
 
@@ -62,7 +68,7 @@ class TensorRows:
         return self.x[idx], self.y[idx]
 
 
-class FolderRows:
+class FolderRows(_RandomAccess):
     """Some images of an ImageFolder tree, by position in torchvision's order, decoded with one transform."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], positions: Sequence[int], transform: Callable) -> None:
@@ -73,9 +79,6 @@ class FolderRows:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def order(self, rng: np.random.Generator | None) -> np.ndarray:
-        return rng.permutation(len(self)) if rng is not None else np.arange(len(self))
-
     def ids(self, positions: np.ndarray) -> np.ndarray:
         return self.positions[positions]
 
@@ -83,10 +86,7 @@ class FolderRows:
         out = []
         for p in self.positions[positions].tolist():
             path, label = self.samples[p]
-            try:
-                img = default_loader(path)
-            except OSError as e:
-                raise OSError(f"{path}: cannot read image ({e})") from None
+            img = open_image(path)  # 8-bit RGB; anything undecodable is one OSError naming the file
             out.append((self.transform(img), label))
         return out
 

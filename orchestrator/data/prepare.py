@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from orchestrator.data.folder import SourceTree, scan_imagefolder
 from orchestrator.data.manifest import INDEX_SCHEMA, MANIFEST, SHARD_SCHEMA, Manifest, ShardInfo, load_manifest
+from orchestrator.durable import fsync_dir, fsync_file
 from orchestrator.storage import (Location, exists, one_line, publish_bytes, remove_quietly, resolve,
                                        storage_error, write_bytes)
-from orchestrator.data.transforms import decode
+from orchestrator.data.transforms import decode, printable, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +79,35 @@ def _reason(e: BaseException) -> str:
 
 
 def load_image(path: str) -> tuple[bytes, str | None]:
-    """The bytes to store and None, or the bytes and why they do not decode.
+    """The bytes to store and None, or the bytes and why they cannot be used (an unreadable or empty file, a
+    decompression bomb, data that does not decode).
 
-    Formats the torchvision decoder cannot read (BMP, TIFF, ...) but PIL can are re-encoded as PNG."""
-    data = Path(path).read_bytes()
+    Formats the torchvision decoder cannot read (BMP, TIFF, ...) but PIL can are re-encoded as 8-bit RGB PNG."""
     try:
-        decode(data)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return b"", f"cannot read the file ({one_line(e)})"
+    if not data:
+        return data, "empty file"
+    try:  # the header only: a decompression bomb is refused before any decoder allocates its pixels
+        with Image.open(io.BytesIO(data)):
+            pass
+    except Image.DecompressionBombError as e:
+        return data, f"decompression bomb ({one_line(e)})"
+    except Exception:  # noqa: BLE001  a format PIL does not know: torchvision's decoder may still read it
+        pass
+    try:
+        decode(data)  # what the shard readers run: 16-bit and animated images come out as 8-bit RGB
         return data, None
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         reason = _reason(e)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             out = io.BytesIO()
-            im.convert("RGB").save(out, format="PNG")
+            to_rgb(im).save(out, format="PNG")
             return out.getvalue(), None
-    except (OSError, ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001  PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
         return data, reason
 
 
@@ -101,7 +115,7 @@ def _read_chunk(tree: SourceTree, ids: np.ndarray, pool: ThreadPoolExecutor) -> 
     def one(i: int) -> _Image:
         path, label = tree.samples[i]
         data, err = load_image(path)
-        return _Image(int(i), label, os.path.relpath(path, tree.root), None if err else data, err)
+        return _Image(int(i), label, printable(os.path.relpath(path, tree.root)), None if err else data, err)
 
     return list(pool.map(one, ids.tolist()))
 
@@ -127,12 +141,14 @@ def _chunks(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def _provenance(tree: SourceTree, opts: PrepareOptions, run: str) -> dict:
-    return {"source": tree.root, "created_by": "nas data prepare", "run": run,
+    return {"source": printable(tree.root), "created_by": "nas data prepare", "run": run,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(), "user": getpass.getuser(), "python": platform.python_version(),
             "pyarrow": pa.__version__, "torchvision": torchvision.__version__,
             "shard_size": opts.shard_size, "row_group_size": opts.row_group_size, "seed": opts.seed,
-            "on_corrupt": opts.on_corrupt}
+            "on_corrupt": opts.on_corrupt,
+            # files in class folders that are not images (reported when scanned): path -> why
+            "not_images": {printable(rel): why for rel, why in tree.skipped}}
 
 
 def _write_all(tree: SourceTree, loc: Location, run_dir: str, opts: PrepareOptions) -> tuple[list, list, list]:
@@ -146,7 +162,7 @@ def _write_all(tree: SourceTree, loc: Location, run_dir: str, opts: PrepareOptio
             images = _read_chunk(tree, ids, pool)
             bad = [im for im in images if im.data is None]
             if bad and opts.on_corrupt == "fail":
-                raise ValueError(f"{os.path.join(tree.root, bad[0].path)}: corrupt image ({bad[0].error}); "
+                raise ValueError(f"{os.path.join(printable(tree.root), bad[0].path)}: corrupt image ({bad[0].error}); "
                                  f"pass --on-corrupt skip to leave such files out")
             for im in bad:
                 log.warning("skipping corrupt image %s (%s)", im.path, im.error)
@@ -202,6 +218,7 @@ def prepare_shards(imagefolder: str | os.PathLike, out: str, opts: PrepareOption
         if not shards:
             raise ValueError(f"{tree.root}: every image is corrupt, nothing to write")
         _write_index(loc, f"{run_dir}/index.parquet", index)
+        _sync(loc, [s.path for s in shards] + [f"{run_dir}/index.parquet"], run_dir)
         counts = np.bincount([r[1] for r in index], minlength=len(tree.classes))
         manifest = Manifest(classes=tree.classes, counts=tuple(int(c) for c in counts), shards=tuple(shards),
                             index=f"{run_dir}/index.parquet", skipped=tuple(skipped),
@@ -217,6 +234,19 @@ def prepare_shards(imagefolder: str | os.PathLike, out: str, opts: PrepareOption
     log.info("wrote %d images of %d classes in %d shards to %s (%d corrupt skipped)", manifest.num_samples,
              manifest.num_classes, len(shards), loc.uri, len(skipped))
     return manifest
+
+
+def _sync(loc: Location, files: list[str], run_dir: str) -> None:
+    """On a local filesystem, put the shards and the index on disk before the manifest that lists them is published
+    (``publish_bytes`` makes the manifest itself durable); an S3 object is durable once written."""
+    if loc.is_s3:
+        return
+    try:
+        for rel in files:
+            fsync_file(loc.path(rel))
+        fsync_dir(loc.path(run_dir))
+    except OSError as e:
+        raise storage_error(e, loc.uri_of(run_dir)) from None
 
 
 def _drop_old(loc: Location, old: Manifest | None, run_dir: str) -> None:

@@ -18,11 +18,12 @@ the digits.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from orchestrator.config import check_limits
 from orchestrator.data.digits import load_digits_tensors, split_indices
 from orchestrator.data.feed import Feed, FolderRows, TensorRows, concat_rows
 from orchestrator.data.folder import scan_imagefolder
@@ -46,8 +47,14 @@ class DataSpec:
     holdout_per_class: int = 20  # images per class for architecture steps (official ImageNet search: 50)
     valid_fraction: float = 0.2  # per class, taken from the training set when there is no valid_uri
     seed: int = 0  # the split and every epoch's order; the same on every rank
-    workers: int = 0  # DataLoader processes per rank that decode and augment ahead of the step
-    prefetch: int = 2  # batches each loader process prepares ahead
+    # DataLoader processes per rank that decode and augment ahead of the step. At most 64: each is a whole Python
+    # process with torch loaded (a few hundred MB) holding ``prefetch`` batches. The bound is absolute, not this
+    # host's CPU count, because the config is checked on the driver while the loaders run on the cluster's nodes;
+    # 64 is well above the cores a rank gets on GPU nodes (24 vCPUs per GPU on an 8-GPU p5.48xlarge), so a larger
+    # value is a typo that would fork the node out of memory.
+    workers: int = field(default=0, metadata={"max": 64})
+    # batches each loader process prepares ahead; at most 64 (workers x prefetch batches wait in memory)
+    prefetch: int = field(default=2, metadata={"max": 64})
     color_jitter: str | None = None  # none | normal | strong; default normal in a search, strong in a retrain
     endpoint: str | None = None  # S3-compatible endpoint; default AWS_ENDPOINT_URL(_S3)
     mp_context: str | None = None  # how loader processes start: None (fork on Linux) or spawn | forkserver
@@ -78,6 +85,7 @@ class DataSpec:
             raise ValueError(f"color_jitter: must be one of {', '.join(COLOR_JITTER)}, got {self.color_jitter!r}")
         if self.mp_context not in (None, "fork", "spawn", "forkserver"):
             raise ValueError(f"mp_context: must be fork, spawn or forkserver, got {self.mp_context!r}")
+        check_limits(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""The standard ImageNet transforms (torchvision ``transforms.v2``), the image decoder shared by all readers, and
+"""The standard ImageNet transforms (torchvision ``transforms.v2``), the image decoders shared by all readers, and
 the one conversion of a uint8 batch into the normalised float tensor a step reads.
 
 Weight steps see RandomResizedCrop + horizontal flip, optionally with the official colour distortion;
@@ -14,8 +14,11 @@ loader processes normalised (``tests/test_numerics.py``).
 from __future__ import annotations
 
 import math
+import os
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
@@ -92,5 +95,58 @@ def eval_transform(resolution: int, crop_fraction: float = CROP_FRACTION) -> v2.
 
 
 def decode(data: bytes) -> torch.Tensor:
-    """Encoded image bytes (JPEG, PNG, ...) to a (3, H, W) uint8 tensor; RuntimeError if they do not decode."""
-    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    """Encoded image bytes (JPEG, PNG, GIF, ...) to a (3, H, W) uint8 tensor; RuntimeError if they do not decode.
+
+    A 16-bit image (PNG) comes back from torchvision as uint16 and is brought to 8 bits as ``to_rgb`` does
+    (v / 257, rounded); an animated GIF gives its first frame."""
+    x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if x.dim() == 4:
+        x = x[0]
+    if x.dtype != torch.uint8:
+        x = x.to(torch.float32).div_(257.0).round_().clamp_(0, 255).to(torch.uint8)
+    return x
+
+
+class UnreadableImage(OSError):
+    """An image file that does not decode (truncated, not an image, a decompression bomb, ...): one line, naming
+    the file."""
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # what PIL opens 16-bit greyscale PNG/TIFF as
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. PIL's own ``convert("RGB")`` clips 16-bit greyscale (modes ``I;16``, ``I``) at
+    255, which turns nearly every pixel white; those are scaled (v / 257, rounded: 65535 -> 255) instead. Palette,
+    CMYK, greyscale and alpha images go through PIL's conversion (alpha dropped)."""
+    if im.mode in _SIXTEEN_BIT:
+        a = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def open_image(path: str) -> Image.Image:
+    """An image file decoded to 8-bit RGB (the ImageFolder reader's decoder); ``UnreadableImage`` naming the file
+    for anything that does not decode, a decompression bomb (more pixels than PIL's ``MAX_IMAGE_PIXELS`` allows
+    twice over, refused from the header before any memory is spent) included."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"{printable(path)}: cannot read image (decompression bomb: {_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001  PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+        raise UnreadableImage(f"{printable(path)}: cannot read image ({_first_line(e)})") from None
+
+
+def printable(path: str) -> str:
+    """A path as text that can always be printed and stored: bytes of a name that is not UTF-8 (which Python holds
+    as surrogates) shown as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -44,7 +44,8 @@ class WeightConfig(SGDConfig):
 
     lr: float = 0.025  # search-phase initial lr, cosine to 0 over the search epochs
     no_decay_bn: bool = False  # BN weights without weight decay (the official search decays them; retrain does not)
-    batch_size: int = 256  # the global batch of a weight step, split evenly among the ranks
+    # the global batch of a weight step, split evenly among the ranks
+    batch_size: int = field(default=256, metadata={"max": 65536})
     warmup_lr: float = 0.05  # warm-up phase initial lr, its own cosine over the warm-up epochs
 
     def __post_init__(self) -> None:
@@ -69,7 +70,8 @@ class ArchConfig:
     init_std: float = 1e-3  # α ~ N(0, init_std), as the official arch_init_ratio
     update_every: int = 5  # one architecture update every k weight steps of an epoch (search epochs only)
     update_steps: int = 1  # arch steps per update
-    batch_size: int = 256  # the global held-out batch of an arch step, split evenly among the ranks
+    # the global held-out batch of an arch step, split evenly among the ranks
+    batch_size: int = field(default=256, metadata={"max": 65536})
     rescale: bool = True  # two mode: keep the sampled pair's total probability mass after each Adam step
     regularizer: str = "mul#log"
     reg_alpha: float = 0.2  # mul#log: CE * alpha * (log E[LAT] / log T) ** beta
@@ -110,7 +112,8 @@ class ArchConfig:
     # official test_batch_size). The gradient algorithm always follows ``update_every``.
     rl_schedule: Literal["update_every", "per_epoch"] = "update_every"
     rl_updates_per_epoch: int = 300  # per_epoch schedule: the official rl_update_steps_per_epoch
-    rl_batch_size: int = 1000  # per_epoch schedule: the global held-out batch of a REINFORCE update
+    # per_epoch schedule: the global held-out batch of a REINFORCE update
+    rl_batch_size: int = field(default=1000, metadata={"max": 65536})
     # Fidelity: the official loop skips architecture updates in the first search epoch (``if epoch > 0``), letting
     # the weights adapt to the first α-driven paths. This project starts them at once, after its warm-up.
     skip_first_search_epoch: bool = False
@@ -142,8 +145,10 @@ class SearchConfig:
     """One search. ``epochs`` counts the whole run; the first ``warmup_epochs`` of it train weights only."""
 
     space: str = "digits-32"  # a registered space, or a task variant of one (e.g. tiny[c3,r64])
-    num_classes: int | None = None  # the task's classes; default the space's (instantiates a variant)
-    resolution: int | None = None  # the task's input side in px; default the space's
+    # the task's classes; default the space's (instantiates a variant)
+    num_classes: int | None = field(default=None, metadata={"max": 100_000})
+    # the task's input side in px; default the space's
+    resolution: int | None = field(default=None, metadata={"max": 1024})
     width_mult: float | None = None  # width multiplier of the space; default the space's
     hardware: str = "flops"
     # what runs the networks on that hardware: torch (eager), onnxruntime, openvino, litert or tensorrt; the table

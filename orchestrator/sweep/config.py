@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cluster_checks import check_worker_shape
+from orchestrator.config import check_limits, refuse_non_finite
 from orchestrator.config import apply_overrides, read_yaml, to_dict
 from orchestrator.latency.hardware import default_profile
 from orchestrator.search.config import load_config
@@ -41,7 +42,7 @@ class HardwareGrid:
     distribution: str | None = None  # uniform | loguniform over [low, high], ``samples`` draws
     low: float | None = None
     high: float | None = None
-    samples: int = 0
+    samples: int = field(default=0, metadata={"max": 10_000})
     table: str | None = None  # latency table URI for a measured profile or a kit device
     runtime: str | None = None  # what runs the nets on this hardware; None: the base search config's runtime
     front: tuple[float, ...] = ()  # extra budgets: each trial also derives, from its own α, the best net under each
@@ -68,6 +69,7 @@ class HardwareGrid:
                 raise ValueError(f"{where}: a distribution needs 0 < low < high, got {self.low} and {self.high}")
             if self.samples < 1:
                 raise ValueError(f"{where}.samples: must be at least 1, got {self.samples}")
+        check_limits(self, f"{where}.")
 
     @property
     def sampled(self) -> bool:
@@ -83,11 +85,11 @@ class SweepConfig:
     grid: tuple[HardwareGrid, ...]
     overrides: tuple[str, ...] = ()  # ``key=value`` applied to the base search config
     seeds: tuple[int, ...] = ()  # empty: the base config's seed; each seed has its own shared warm-up
-    workers_per_trial: int = 1
+    workers_per_trial: int = field(default=1, metadata={"max": 1024})
     cpus_per_worker: float = 0.5
     use_gpu: bool = False  # one GPU per Train worker, for the warm-up, every trial's search and its retrain
     allow_autoscale: bool = False  # the cluster autoscales: do not refuse workers its nodes cannot host yet
-    max_concurrent_trials: int = 2
+    max_concurrent_trials: int = field(default=2, metadata={"max": 1024})
     storage: str = "runs/sweeps"  # local path (one node), NFS or s3://bucket/prefix
     tracking_uri: str | None = None
     shared_warmup: bool = True  # False: every trial pays its own warm-up (the benchmark's baseline)
@@ -113,6 +115,7 @@ class SweepConfig:
             raise ValueError(f"max_concurrent_trials: must be at least 1, got {self.max_concurrent_trials}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: a seed is listed twice in {list(self.seeds)}")
+        check_limits(self)
 
     def replace(self, **changes: Any) -> "SweepConfig":
         return dataclasses.replace(self, **changes)
@@ -173,6 +176,7 @@ def sweep_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> Swee
     ``base_dir`` (the sweep file's folder), so a sweep file means the same from any working directory."""
     if not isinstance(data, Mapping):
         raise ValueError("a sweep config must be a mapping")
+    refuse_non_finite(dict(data))
     known = {*_SCALARS, "grid", "overrides", "seeds", "retrain"}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ class SGDConfig:
     weight_decay: float = 4e-5
     no_decay_bn: bool = True  # BN weights without weight decay (official retraining: no_decay_keys='bn')
     label_smoothing: float = 0.1
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"max": 65536})
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
