@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from orchestrator.data.manifest import Index
 from orchestrator.data.partition import block, check_rank
+from orchestrator.data.shards import ShardRows
 from orchestrator.data.transforms import open_image
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -97,9 +100,6 @@ def concat_rows(a: Any, b: Any) -> Any:
         return TensorRows(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), np.concatenate([a._ids, b._ids]))
     if isinstance(a, FolderRows):
         return FolderRows(a.samples, np.concatenate([a.positions, b.positions]), a.transform)
-    # Only shard rows reach here; the shard modules import pyarrow, an optional package.
-    from orchestrator.data.manifest import Index  # noqa: PLC0415
-    from orchestrator.data.shards import ShardRows  # noqa: PLC0415
 
     rows = Index(*(np.concatenate([x, y]) for x, y in zip(
         (a.rows.id, a.rows.label, a.rows.shard, a.rows.row_group, a.rows.row),

@@ -17,17 +17,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from orchestrator.storage import Location, exists, one_line, read_bytes, storage_error
 
+if TYPE_CHECKING:
+    import pyarrow as pa  # noqa: TID253 (annotations only)
+
 FORMAT = "nas-shards/1"
 MANIFEST = "manifest.json"
-INDEX_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int32()), ("shard", pa.int32()),
-                          ("row_group", pa.int32()), ("row", pa.int32())])
-SHARD_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int32()), ("image", pa.binary()), ("path", pa.string())])
+INDEX_COLUMNS = ("id", "label", "shard", "row_group", "row")
+
+
+# pyarrow is imported where a shard set is read or written: the core (digits, ImageFolder) runs without it.
+def index_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.int64()), ("label", pa.int32()), ("shard", pa.int32()),
+                      ("row_group", pa.int32()), ("row", pa.int32())])
+
+
+def shard_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.int64()), ("label", pa.int32()), ("image", pa.binary()), ("path", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -108,17 +123,20 @@ def load_manifest(loc: Location) -> Manifest:
 
 def load_index(loc: Location, manifest: Manifest) -> Index:
     """Read and check the index: every label in range, every row inside its shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     where = loc.uri_of(manifest.index)
     try:
         with loc.fs.open_input_file(loc.path(manifest.index)) as f:
-            t = pq.read_table(f, schema=INDEX_SCHEMA)
+            t = pq.read_table(f, schema=index_schema())
     except pa.ArrowInvalid as e:
         raise ValueError(f"{where}: not a readable index ({one_line(e)})") from None
     except OSError as e:
         raise storage_error(e, where) from None
-    cols = {n: t.column(n).to_numpy() for n in INDEX_SCHEMA.names}
+    cols = {n: t.column(n).to_numpy() for n in INDEX_COLUMNS}
     order = np.argsort(cols["id"], kind="stable")
-    idx = Index(*(cols[n][order] for n in INDEX_SCHEMA.names))
+    idx = Index(*(cols[n][order] for n in INDEX_COLUMNS))
     check_index(idx, manifest, where)
     return idx
 

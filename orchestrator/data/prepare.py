@@ -30,7 +30,7 @@ from pyarrow.fs import FileType
 from tqdm import tqdm
 
 from orchestrator.data.folder import SourceTree, scan_imagefolder
-from orchestrator.data.manifest import INDEX_SCHEMA, MANIFEST, SHARD_SCHEMA, Manifest, ShardInfo, load_manifest
+from orchestrator.data.manifest import MANIFEST, Manifest, ShardInfo, index_schema, load_manifest, shard_schema
 from orchestrator.durable import fsync_dir, fsync_file
 from orchestrator.storage import (Location, exists, one_line, publish_bytes, remove_quietly, resolve,
                                        storage_error, write_bytes)
@@ -123,7 +123,7 @@ def _read_chunk(tree: SourceTree, ids: np.ndarray, pool: ThreadPoolExecutor) -> 
 def _write_shard(loc: Location, rel: str, images: list[_Image], row_group_size: int) -> ShardInfo:
     table = pa.table({"id": [im.id for im in images], "label": [im.label for im in images],
                       "image": [im.data for im in images], "path": [im.path for im in images]},
-                     schema=SHARD_SCHEMA)
+                     schema=shard_schema())
     try:
         with loc.fs.open_output_stream(loc.path(rel)) as f:
             pq.write_table(table, f, row_group_size=row_group_size, compression="none")
@@ -183,8 +183,9 @@ def _bar_disabled(progress: bool | None) -> bool | None:
 
 
 def _write_index(loc: Location, rel: str, rows: list[tuple[int, int, int, int, int]]) -> None:
-    cols = list(zip(*rows)) if rows else [[]] * len(INDEX_SCHEMA)
-    table = pa.table(dict(zip(INDEX_SCHEMA.names, cols)), schema=INDEX_SCHEMA)
+    schema = index_schema()
+    cols = list(zip(*rows)) if rows else [[]] * len(schema)
+    table = pa.table(dict(zip(schema.names, cols)), schema=schema)
     try:
         with loc.fs.open_output_stream(loc.path(rel)) as f:
             pq.write_table(table, f)

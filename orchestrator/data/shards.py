@@ -9,16 +9,19 @@ whole set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from pyarrow.fs import FileType
 
 from orchestrator.data.manifest import Index, Manifest
 from orchestrator.storage import Location, one_line, resolve, storage_error
 from orchestrator.data.transforms import decode as decode_bytes
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # noqa: TID253 (annotations only)
+    import pyarrow.parquet as pq  # noqa: TID253
+
+# pyarrow is imported where shards are read: the modules import with torch alone, like the rest of the data layer.
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -32,6 +35,8 @@ class ShardSet:
 
 def check_shards(loc: Location, manifest: Manifest) -> None:
     """Fail early, naming the object, when a shard listed in the manifest is missing or has another size."""
+    from pyarrow.fs import FileType
+
     paths = [loc.path(s.path) for s in manifest.shards]
     try:
         infos = loc.fs.get_file_info(paths)
@@ -103,7 +108,7 @@ class ShardRows:
             ids = table.column("id").to_numpy()[rows]
             labels = table.column("label").to_numpy()[rows]
             _check_rows(where, ids, labels, r.id[group], r.label[group], self.shards.num_classes)
-            images = table.column("image").take(pa.array(rows)).to_pylist()
+            images = table.column("image").take(rows).to_pylist()
             for slot, i, label, data in zip(where_.tolist(), ids.tolist(), labels.tolist(), images):
                 out[slot] = (self._image(where, i, data), label)
         return out  # type: ignore[return-value]
@@ -117,6 +122,9 @@ class ShardRows:
         return self._cache[key]
 
     def _read_group(self, shard: int, row_group: int) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         loc = self._loc
         rel = self.shards.shards[shard]
         where = loc.uri_of(rel)

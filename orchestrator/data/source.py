@@ -27,6 +27,8 @@ from orchestrator.config import check_limits
 from orchestrator.data.digits import load_digits_tensors, split_indices
 from orchestrator.data.feed import Feed, FolderRows, TensorRows, concat_rows
 from orchestrator.data.folder import scan_imagefolder
+from orchestrator.data.manifest import load_index, load_manifest
+from orchestrator.data.shards import ShardRows, ShardSet, check_shards
 from orchestrator.data.transforms import COLOR_JITTER, eval_transform, train_transform
 from orchestrator.storage import resolve
 
@@ -136,9 +138,6 @@ def split_positions(labels: np.ndarray, spec: DataSpec, role: Role = "search") -
 
 
 def _open_shards(uri: str, spec: DataSpec):
-    # The shard modules import pyarrow, an optional package: digits and ImageFolder data run with torch alone.
-    from orchestrator.data.manifest import load_index, load_manifest  # noqa: PLC0415
-    from orchestrator.data.shards import ShardSet, check_shards  # noqa: PLC0415
 
     loc = resolve(uri, spec.endpoint)
     manifest = load_manifest(loc)
@@ -174,8 +173,6 @@ def open_splits(spec: DataSpec, resolution: int, num_classes: int | None = None,
             valid = FolderRows(vtree.samples, range(len(vtree.samples)), eval_tf)
         classes, where = tuple(tree.classes), tree.root
     else:
-        from orchestrator.data.shards import ShardRows  # noqa: PLC0415 (pyarrow, optional)
-
         manifest, index, sset = _open_shards(spec.uri, spec)
         _check_classes(manifest.num_classes, num_classes, spec.uri, what)
         tr, ho, va = split_positions(index.label, spec, role)
@@ -207,6 +204,4 @@ def _empty(rows: Any) -> Any:
         return TensorRows(rows.x[:0], rows.y[:0], [])
     if isinstance(rows, FolderRows):
         return FolderRows(rows.samples, [], rows.transform)
-    from orchestrator.data.shards import ShardRows  # noqa: PLC0415 (pyarrow, optional)
-
     return ShardRows(rows.shards, rows.rows.take(np.arange(0)), rows.transform, rows.decode)
