@@ -240,7 +240,7 @@ def test_reinforce_per_epoch_search_takes_its_updates_on_its_batch():
     result = run_search(config_from_dict({**base, "log_every": train.batches_per_epoch}, both), data)
     assert result.arch_steps == 4 * 2  # 4 per search epoch, 2 search epochs
     with pytest.raises(ValueError, match="^arch.rl_batch_size: each of 1 worker"):
-        search_feeds(config_from_dict(base, [*both, "arch.rl_batch_size=100000"]), data)
+        search_feeds(config_from_dict(base, [*both, "arch.rl_batch_size=65536"]), data)
 
 
 def test_no_arch_step_in_the_first_search_epoch_when_switched_on():
