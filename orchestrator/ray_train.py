@@ -29,7 +29,9 @@ from orchestrator import storage as st
 from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, check_worker_shape, per_worker_resources
 from orchestrator.ray_session import ray_session
-from orchestrator.runs import Job, RunInfo, check_existing_run, close_run, log_tracking_summary, open_run, tracked_run
+from orchestrator.lease import acquire_lease, check_run_name, takeover_line
+from orchestrator.runs import (Job, RunInfo, check_existing_run, check_fresh_run, close_run, log_tracking_summary,
+                               open_run, tracked_run)
 from orchestrator.state_io import load_state
 from orchestrator.train.checkpoint import seed_rank
 from orchestrator.train.runtime import DistComm, Precision, Runtime
@@ -50,7 +52,7 @@ class ClusterSpec:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     storage_path: str = "runs"  # local path (one node), NFS, or s3://bucket/prefix
-    name: str | None = None  # the run's folder under storage_path; the same name resumes it
+    name: str | None = None  # the run's folder under storage_path (one folder name)
     max_failures: int = 2  # worker-group restarts after a worker or node failure
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str | None = None  # default: the job's (nas-search, nas-retrain)
@@ -58,9 +60,15 @@ class ClusterSpec:
     tags: tuple[tuple[str, str], ...] = ()
     allow_autoscale: bool = False  # skip the up-front resource check on autoscaling clusters
     progress: bool = True  # rank 0's progress bar on the driver's console (a sweep's trials draw none)
+    resume: bool = False  # continue from the run folder's checkpoint (a fresh run refuses a folder that holds one)
+    overwrite: bool = False  # start afresh: the run folder's checkpoints and records are removed first
 
     def __post_init__(self) -> None:
         check_worker_shape(self.num_workers, self.cpus_per_worker)
+        if self.name is not None:
+            check_run_name(self.name)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
         if self.max_failures < 0:
             raise ValueError(f"max_failures: must be 0 or more, got {self.max_failures}")
 
@@ -88,23 +96,32 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
     run_dir = f"{storage}/{name}"
     with ray_session():
         check_resources(cluster.num_workers, per_worker, cluster.allow_autoscale)
-        # writes the run's meta: only once the run can start
-        check_existing_run(storage, name, job.run_meta(), f"{job.kind}-meta.json")
-        how = asdict(cluster) | {"name": name, "mode": "ray"}
-        run_id, _ = tracked_run(storage, name, uri, experiment, lambda: open_run(
-            job, uri, experiment, name, how, run_dir, dict(cluster.tags), cluster.parent_run_id))
-        config = {"job": job.worker_config(), "run_id": run_id, "tracking_uri": uri, "use_gpu": cluster.use_gpu,
-                  "threads": cluster.threads, "progress": cluster.progress, "run_dir": run_dir}
-        result, wall = _fit(job.kind, name, job.train_func(), config, cluster, per_worker, storage,
-                            job.checkpoints_kept, callbacks, uri, run_id)
-    out = result.return_value
-    ckpt_path = None
-    if result.checkpoint is not None:
-        ckpt_path = result.checkpoint.path
-        if storage.startswith("s3://") and not ckpt_path.startswith("s3://"):
-            ckpt_path = "s3://" + ckpt_path
-    gap = log_tracking_summary(uri, run_id, out.get("tracking"))
-    return close_run(job, out, RunInfo(run_id, uri, name, storage, ckpt_path, wall, wall * cluster.num_workers, gap))
+        # one live run per folder: a second run is refused here, naming the holder; a dead one's lease is taken over
+        with acquire_lease(run_dir, job.kind) as lease:
+            check_fresh_run(storage, name, job.kind, cluster.resume, cluster.overwrite)
+            # writes the run's meta: only once the run can start
+            check_existing_run(storage, name, job.run_meta(), f"{job.kind}-meta.json")
+            how = asdict(cluster) | {"name": name, "mode": "ray"}
+            run_id, _ = tracked_run(storage, name, uri, experiment, lambda: open_run(
+                job, uri, experiment, name, how, run_dir, dict(cluster.tags), cluster.parent_run_id))
+            if lease.takeover:
+                tracking.set_tags(uri, run_id, {"nas.lease_takeover": takeover_line(lease.takeover)})
+            config = {"job": job.worker_config(), "run_id": run_id, "tracking_uri": uri,
+                      "use_gpu": cluster.use_gpu, "threads": cluster.threads, "progress": cluster.progress,
+                      "run_dir": run_dir}
+            result, wall = _fit(job.kind, name, job.train_func(), config, cluster, per_worker, storage,
+                                job.checkpoints_kept, callbacks, uri, run_id)
+            out = result.return_value
+            if lease.takeover:
+                out["lease_takeover"] = lease.takeover
+            ckpt_path = None
+            if result.checkpoint is not None:
+                ckpt_path = result.checkpoint.path
+                if storage.startswith("s3://") and not ckpt_path.startswith("s3://"):
+                    ckpt_path = "s3://" + ckpt_path
+            gap = log_tracking_summary(uri, run_id, out.get("tracking"))
+            return close_run(job, out, RunInfo(run_id, uri, name, storage, ckpt_path, wall,
+                                               wall * cluster.num_workers, gap))
 
 
 def failure_line(e: BaseException) -> str:

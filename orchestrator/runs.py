@@ -18,13 +18,14 @@ from typing import Any, Protocol
 
 from orchestrator import storage as st
 from orchestrator import tracking
+from orchestrator.lease import LEASE_FILE, refuse_fresh_over_checkpoint
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow-run.json"  # a run folder's MLflow run: a restarted driver (or a resumed process) continues it
 
 __all__ = ["Job", "RunInfo", "LocalRecord", "open_run", "close_run", "local_tracking_uri", "check_existing_run",
-           "tracked_run",
+           "check_fresh_run", "tracked_run",
            "log_tracking_summary", "RUN_FILE"]
 
 
@@ -149,6 +150,34 @@ def check_existing_run(storage: str, name: str, meta: dict, file: str) -> None:
                       if saved["config"].get(k) != meta["config"].get(k))
         raise ValueError(f"run {name!r} in {storage} was started with another config (differs in "
                          f"{', '.join(diff)}); refusing to resume it: choose another --name")
+
+
+def check_fresh_run(storage: str, name: str, kind: str, resume: bool, overwrite: bool) -> None:
+    """A Ray run folder that holds a checkpoint (Ray Train's ``checkpoint_*``) is continued only with ``resume``;
+    with ``overwrite`` everything in it but the lease is removed first (Ray Train would resume from what is left);
+    a fresh run refuses it with one line naming the folder and the two flags."""
+    if resume:
+        return
+    import pyarrow.fs as pafs
+
+    loc = st.resolve(storage)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path(name), allow_not_found=True))
+    except OSError as e:
+        raise st.storage_error(e, loc.uri_of(name)) from None
+    if not any(i.base_name.startswith("checkpoint_") for i in infos):
+        return
+    if not overwrite:
+        refuse_fresh_over_checkpoint(f"run {name!r} in {storage}", kind)
+    log.warning("--overwrite: removing the earlier run in %s", loc.uri_of(name))
+    for i in infos:
+        try:
+            if i.type == pafs.FileType.Directory:
+                loc.fs.delete_dir(i.path)
+            elif i.base_name != LEASE_FILE:
+                loc.fs.delete_file(i.path)
+        except OSError as e:
+            raise st.storage_error(e, f"{loc.uri_of(name)}/{i.base_name}") from None
 
 
 def tracked_run(storage: str, name: str, uri: str, experiment: str, create: Callable[[], str]) -> tuple[str, bool]:

@@ -176,7 +176,7 @@ def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_s
     s3_server.client().put_object(Bucket=bucket, Key=key,
                                   Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
     spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
-                       experiment="dist-test", max_failures=0)
+                       experiment="dist-test", max_failures=0, resume=True)
     with pytest.raises(RuntimeError, match="refused") as err:
         run_distributed_search(load_config(TINY, overrides), spec, consistency_every=1)
     assert "\n" not in str(err.value)

@@ -164,7 +164,7 @@ def test_metric_sink_keeps_points_an_absent_server_did_not_take_without_waiting(
 # ---- the driver that tests/test_distributed.py kills ----------------------------------------------------------------
 
 def _drive(argv: list[str]) -> None:
-    """A search driver as ``nas search --workers 2`` runs it, with a pause to strike at (``--pause STEP``): joins
+    """A search driver as ``nas search --workers 2 --resume`` runs it, with a pause to strike at (``--pause STEP``): joins
     Ray at RAY_ADDRESS and prints one JSON line about the result."""
     p = argparse.ArgumentParser()
     for opt in ("--name", "--storage", "--tracking-uri", "--experiment"):
@@ -173,7 +173,7 @@ def _drive(argv: list[str]) -> None:
     p.add_argument("--set", action="append", default=[], help="more config overrides (e.g. the data)")
     a = p.parse_args(argv)
     spec = ClusterSpec(num_workers=2, storage_path=a.storage, name=a.name, tracking_uri=a.tracking_uri,
-                       experiment=a.experiment)
+                       experiment=a.experiment, resume=True)  # as `--resume`: the same command continues the run
     res = run_distributed_search(load_config(TINY, (*DRIVER_OVERRIDES, *a.set)), spec,
                                  faults=Faults(pause_at_steps=tuple(a.pause)))
     print(json.dumps({"run_id": res.run_id, "resumed_from_step": res.search["resumed_from_step"],

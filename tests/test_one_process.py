@@ -69,7 +69,7 @@ def test_unrecorded_one_process_run_refuses_flags_that_would_do_nothing(tmp_path
                          (("--gpu",), "--gpu (in one process: --device cuda) does not apply"),
                          (("--storage", "s3://b/p"), "--storage (in one process: --out) does not apply"),
                          (("--workers", "2", "--device", "cpu"), "--device (on Ray: --gpu) does not apply"),
-                         (("--workers", "2", "--resume"), "--resume (on Ray the same --name resumes the run)")]:
+                         (("--resume", "--overwrite"), "--resume and --overwrite exclude each other")]:
         out = tmp_path / "out"
         proc = run_nas("search", "--config", str(TINY), "--out", str(out), *args, env=env)
         assert_one_line_error(proc, needle)

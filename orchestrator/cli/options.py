@@ -8,6 +8,7 @@ from typing import Any
 
 import click  # noqa: TID253
 
+from orchestrator.lease import check_run_name
 from orchestrator.ray_train import ClusterSpec
 from orchestrator.runs import local_tracking_uri
 from orchestrator.train.runtime import Precision, Runtime, resolve_device
@@ -18,7 +19,7 @@ __all__ = ["config_options", "run_options", "on_ray", "cluster_spec", "local_run
 _RAY_ONLY = {"cpus_per_worker": "--cpus-per-worker", "gpu": "--gpu (in one process: --device cuda)",
              "allow_autoscale": "--allow-autoscale", "storage": "--storage (in one process: --out)",
              "max_failures": "--max-failures"}
-_LOCAL_ONLY = {"device": "--device (on Ray: --gpu)", "resume": "--resume (on Ray the same --name resumes the run)"}
+_LOCAL_ONLY = {"device": "--device (on Ray: --gpu)"}
 _RECORD = {"name": "--name", "experiment": "--experiment"}
 
 
@@ -46,7 +47,10 @@ def config_options(config_help: str, out_default: str, out_help: str) -> Callabl
 def run_options(experiment: str, default_workers: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the shared options to a command (``experiment``: the default MLflow experiment)."""
     return _apply([
-        click.option("--resume", is_flag=True, help="One process: continue from the checkpoint in --out."),
+        click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out (one process) or in the "
+                     "run's folder under --storage (Ray). A fresh run refuses a folder that holds a checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Start afresh over the checkpoint in --out (one process) or "
+                     "in the run's folder under --storage (Ray)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--device", default="auto", show_default=True,
                      help="One process: auto (CUDA when there is one), cpu, cuda or cuda:N."),
@@ -60,8 +64,8 @@ def run_options(experiment: str, default_workers: int) -> Callable[[Callable[...
                      help="Ray: the cluster autoscales, so start even if its nodes cannot host the workers yet."),
         click.option("--storage", default="runs", show_default=True,
                      help="Ray: checkpoint storage, a path (one node), NFS, or s3://bucket/prefix."),
-        click.option("--name", default=None, help="The run's name: on Ray its folder under --storage (the same name "
-                     "resumes it); in MLflow the run name."),
+        click.option("--name", default=None, help="The run's name: on Ray its folder under --storage (one folder name; "
+                     "--resume continues it); in MLflow the run name."),
         click.option("--experiment", default=experiment, show_default=True, help="MLflow experiment."),
         click.option("--tracking-uri", default=None, help="MLflow tracking URI. Ray: default $MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db here. One process: recorded when given or $MLFLOW_TRACKING_URI is set."),
@@ -81,10 +85,17 @@ def on_ray(kw: dict) -> bool:
 
 
 def refuse_unused(kw: dict, recorded_only: tuple[str, ...] = ()) -> None:
-    """Refuse, with one line, a flag the chosen mode would ignore: Ray's flags in one process, ``--device`` and
-    ``--resume`` on Ray, and in an unrecorded one-process run the flags that only name its MLflow record
-    (``--name``, ``--experiment`` and ``recorded_only``)."""
+    """Refuse, with one line, ``--resume`` with ``--overwrite``, an unsafe ``--name``, and a flag the chosen mode
+    would ignore: Ray's flags in one process, ``--device`` on Ray, and in an unrecorded one-process run the flags
+    that only name its MLflow record (``--name``, ``--experiment`` and ``recorded_only``)."""
     ray = on_ray(kw)
+    if kw["resume"] and kw["overwrite"]:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    if kw["name"] is not None:
+        try:
+            check_run_name(kw["name"])
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
     for key, flag in (_LOCAL_ONLY if ray else _RAY_ONLY).items():
         if _given(key):
             raise click.UsageError(f"{flag} does not apply to a {'Ray' if ray else 'one-process'} run")
@@ -102,7 +113,7 @@ def cluster_spec(kw: dict, default_workers: int, parent_run_id: str | None = Non
                        cpus_per_worker=kw["cpus_per_worker"], storage_path=kw["storage"], name=kw["name"],
                        max_failures=kw["max_failures"], tracking_uri=kw["tracking_uri"], experiment=kw["experiment"],
                        parent_run_id=parent_run_id, tags=tags, allow_autoscale=kw["allow_autoscale"],
-                       progress=not kw["quiet"])
+                       progress=not kw["quiet"], resume=kw["resume"], overwrite=kw["overwrite"])
 
 
 def local_runtime(kw: dict, precision: str, channels_last: bool) -> Runtime:

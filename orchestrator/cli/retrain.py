@@ -32,7 +32,7 @@ def retrain(arch: str, config_path: str, overrides: tuple[str, ...], out_dir: st
         res = run_retrain(a.encode(), cfg, cluster_spec(kw, 1, parent, tags), onnx_dir=out_dir)
     else:
         res = retrain_here(a.encode(), cfg, out_dir, rt=local_runtime(kw, cfg.precision, cfg.channels_last),
-                           progress=not kw["quiet"], resume=kw["resume"], tracking_uri=kw["tracking_uri"],
+                           progress=not kw["quiet"], resume=kw["resume"], overwrite=kw["overwrite"], tracking_uri=kw["tracking_uri"],
                            experiment=kw["experiment"], name=kw["name"], parent_run_id=parent, tags=dict(tags))
         click.echo(f"result: {out_dir}/retrain.json")
     if res.run_id is not None:

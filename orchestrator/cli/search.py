@@ -29,7 +29,7 @@ def search(config_path: str, overrides: tuple[str, ...], out_dir: str, **kw) -> 
         atomic_write_bytes(Path(out_dir) / RESULT, json.dumps({**res.search, "run_id": res.run_id}, indent=1,
                                                               default=str).encode())
     else:
-        res = search_here(cfg, out_dir, rt=local_runtime(kw, cfg.precision, cfg.channels_last), resume=kw["resume"],
+        res = search_here(cfg, out_dir, rt=local_runtime(kw, cfg.precision, cfg.channels_last), resume=kw["resume"], overwrite=kw["overwrite"],
                           progress=not kw["quiet"], tracking_uri=kw["tracking_uri"], experiment=kw["experiment"],
                           name=kw["name"])
     s = res.search

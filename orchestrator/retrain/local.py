@@ -5,10 +5,13 @@ given or ``MLFLOW_TRACKING_URI`` is set."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
+from orchestrator.lease import acquire_lease, check_run_name, refuse_fresh_over_checkpoint, takeover_line
 from orchestrator.retrain.config import RetrainConfig
 from orchestrator.retrain.jobs import CHECKPOINT_FILE, RetrainJob, RetrainResult
 from orchestrator.retrain.loop import RetrainState, retrain_state_dict, train_net
@@ -20,23 +23,42 @@ __all__ = ["retrain_here"]
 
 
 def retrain_here(arch: str, cfg: RetrainConfig, out_dir: str | Path, *, rt: Runtime | None = None,
-                 progress: bool = False, resume: bool = False, tracking_uri: str | None = None,
-                 experiment: str | None = None, name: str | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None) -> RetrainResult:
+                 progress: bool = False, resume: bool = False, overwrite: bool = False,
+                 tracking_uri: str | None = None, experiment: str | None = None, name: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RetrainResult:
     """Retrain ``arch`` in this process and write ``retrain.json``, ``net.pt`` and ``net.onnx`` to ``out_dir``,
-    each atomically. Everything checkable is checked before ``out_dir`` is created."""
+    each atomically. ``resume`` continues from the checkpoint there, ``overwrite`` starts afresh over it; a fresh
+    run refuses a folder that holds one. The run holds the lease on ``out_dir`` (``lease``): a second run on it is
+    refused. Everything checkable is checked before ``out_dir`` is created."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if name is not None:
+        check_run_name(name)
     rt = rt or Runtime(precision=Precision(cfg.precision, cfg.channels_last))
     out = Path(out_dir).resolve()
     job = RetrainJob(arch, cfg, onnx_dir=str(out))
     job.preflight(1)
     rec = LocalRecord.checked(tracking_uri)
+    with acquire_lease(str(out), "retrain") as lease:
+        return _retrain(job, cfg, rec, out, rt, progress, resume, overwrite, experiment, name, parent_run_id, tags,
+                        lease.takeover)
+
+
+def _retrain(job: RetrainJob, cfg: RetrainConfig, rec: LocalRecord, out: Path, rt: Runtime, progress: bool,
+             resume: bool, overwrite: bool, experiment: str | None, name: str | None, parent_run_id: str | None,
+             tags: dict[str, str] | None, takeover: dict | None) -> RetrainResult:
     ckpt = out / CHECKPOINT_FILE
+    if ckpt.exists() and not resume:
+        if not overwrite:
+            refuse_fresh_over_checkpoint(str(out), "retrain")
+        ckpt.unlink()
     saved = load_state(ckpt, "retrain checkpoint") if resume and ckpt.exists() else None
-    out.mkdir(parents=True, exist_ok=True)
     name = name or job.default_name()
     experiment = experiment or job.experiment
     how = {"mode": "one process", "device": str(rt.device), "out": str(out), "name": name}
     rec.open(job, out, experiment, name, how, saved is None, tags, parent_run_id)
+    if takeover and rec.run_id is not None:
+        tracking.set_tags(rec.uri, rec.run_id, {"nas.lease_takeover": takeover_line(takeover)})
     done = saved["step"] // saved["steps_per_epoch"] if saved is not None else 0
 
     def on_row(state: RetrainState, row: dict) -> None:
@@ -53,7 +75,10 @@ def retrain_here(arch: str, cfg: RetrainConfig, out_dir: str | Path, *, rt: Runt
               "state_bytes": state_bytes(weights), "onnx_name": "net.onnx",
               "resumed_from_step": saved["step"] if saved is not None else 0, "steps_per_epoch": state.steps_per_epoch}
     result = close_run(job, record, RunInfo(rec.run_id, rec.uri, name, None, str(ckpt), wall, wall, gap))
+    text = record["record"]
+    if takeover:
+        text = json.dumps({**json.loads(text), "lease_takeover": takeover}, indent=1)
     atomic_write_bytes(out / "net.pt", record["state_bytes"])
-    atomic_write_bytes(out / "retrain.json", record["record"].encode())
+    atomic_write_bytes(out / "retrain.json", text.encode())
     ckpt.unlink(missing_ok=True)  # the run is complete: net.pt holds its weights
     return result

@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
+from orchestrator.lease import acquire_lease, check_run_name, refuse_fresh_over_checkpoint, takeover_line
 from orchestrator.runs import LocalRecord, RunInfo, close_run
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import SearchJob, SearchRun, curve_metrics
@@ -24,24 +25,43 @@ RESULT = "result.json"
 
 
 def search_here(cfg: SearchConfig, out_dir: str | Path, *, rt: Runtime | None = None, resume: bool = False,
-                progress: bool = False, tracking_uri: str | None = None, experiment: str | None = None,
-                name: str | None = None, parent_run_id: str | None = None,
+                overwrite: bool = False, progress: bool = False, tracking_uri: str | None = None,
+                experiment: str | None = None, name: str | None = None, parent_run_id: str | None = None,
                 tags: dict[str, str] | None = None) -> SearchRun:
     """Search in this process on ``rt`` (default: the CPU), checkpointing to ``out_dir/checkpoint.pt`` (``resume``
-    continues from it, bit for bit) and writing ``out_dir/result.json``. Everything checkable is checked before
-    ``out_dir`` is created."""
+    continues from it, bit for bit; ``overwrite`` starts afresh over it; a fresh run refuses a folder that holds
+    one) and writing ``out_dir/result.json``. The run holds the lease on ``out_dir`` (``lease``): a second run on
+    it is refused. Everything checkable is checked before ``out_dir`` is created."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if name is not None:
+        check_run_name(name)
     rt = rt or Runtime(precision=Precision(cfg.precision, cfg.channels_last))
     job = SearchJob(cfg)
     job.preflight(1)
     rec = LocalRecord.checked(tracking_uri)
     out = Path(out_dir).resolve()
+    with acquire_lease(str(out), "search") as lease:
+        return _search(cfg, job, rec, out, rt, resume, overwrite, progress, experiment, name, parent_run_id, tags,
+                       lease.takeover)
+
+
+def _search(cfg: SearchConfig, job: SearchJob, rec: LocalRecord, out: Path, rt: Runtime, resume: bool,
+            overwrite: bool, progress: bool, experiment: str | None, name: str | None, parent_run_id: str | None,
+            tags: dict[str, str] | None, takeover: dict | None) -> SearchRun:
     ckpt = out / CHECKPOINT
+    if ckpt.exists() and not resume:
+        if not overwrite:
+            refuse_fresh_over_checkpoint(str(out), "search")
+        ckpt.unlink()
+        (out / RESULT).unlink(missing_ok=True)
     saved = load_checkpoint(ckpt) if resume and ckpt.exists() else None
-    out.mkdir(parents=True, exist_ok=True)
     name = name or job.default_name()
     experiment = experiment or job.experiment
     how = {"mode": "one process", "device": str(rt.device), "out": str(out), "name": name}
     rec.open(job, out, experiment, name, how, saved is None, tags, parent_run_id)
+    if takeover and rec.run_id is not None:
+        tracking.set_tags(rec.uri, rec.run_id, {"nas.lease_takeover": takeover_line(takeover)})
     # a resumed run replays no step, but its last curve points may have been logged after its last checkpoint
     logged = tracking.logged_steps(rec.uri, rec.run_id, "loss") if rec.reopened else set()
 
@@ -55,6 +75,8 @@ def search_here(cfg: SearchConfig, out_dir: str | Path, *, rt: Runtime | None = 
     wall = time.time() - t0
     record: dict[str, Any] = result.to_dict()
     record["resumed_from_step"] = saved["step"] if saved is not None else 0
+    if takeover:
+        record["lease_takeover"] = takeover
     gap = rec.close()
     atomic_write_bytes(out / RESULT, json.dumps({**record, "run_id": rec.run_id}, indent=1).encode())
     return close_run(job, record, RunInfo(rec.run_id, rec.uri, name, None, str(ckpt), wall, wall, gap))

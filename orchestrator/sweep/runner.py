@@ -21,6 +21,7 @@ from collections.abc import Callable
 from orchestrator import storage as st
 from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
+from orchestrator.lease import acquire_lease, takeover_line
 from orchestrator.ray_session import ray_session
 from orchestrator.ray_train import ClusterSpec
 from orchestrator.search.config import SearchConfig
@@ -87,7 +88,8 @@ def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, points) -
 def sweep_cluster(sweep: SweepConfig) -> ClusterSpec:
     """The workers of each of the sweep's runs (warm-ups, searches, retrains)."""
     return ClusterSpec(num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
-                       use_gpu=sweep.use_gpu, allow_autoscale=sweep.allow_autoscale)
+                       use_gpu=sweep.use_gpu, allow_autoscale=sweep.allow_autoscale,
+                       resume=True)  # a sweep's runs resume when the sweep is run again
 
 
 def _run_warmups(sweep: SweepConfig, cfg: SearchConfig, uri: str, meta: dict, write: Callable[[dict], None],
@@ -155,6 +157,20 @@ def check_cluster(sweep: SweepConfig) -> None:
 
 
 def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
+    """Run (or resume) ``sweep`` holding the lease on its folder (``lease``): a concurrent start of the same sweep
+    is refused before it touches the live sweep's runs; a dead driver's lease is taken over, and the take-over
+    tagged on the sweep's MLflow run."""
+    folder = f"{sweep.storage.rstrip('/')}/{sweep.name}" if "://" in sweep.storage else \
+        str(Path(sweep.storage).resolve() / sweep.name)
+    with acquire_lease(folder, "sweep") as lease:
+        result = _run_sweep(sweep, address, num_cpus)
+        if lease.takeover:
+            tracking.set_tags(result.tracking_uri, result.parent_run_id,
+                              {"nas.lease_takeover": takeover_line(lease.takeover)})
+        return result
+
+
+def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
     """Run (or resume) ``sweep``: warm-up once, trials on Tune, fronts from MLflow logged to the parent run."""
     t0 = time.time()
     cfg = base_config(sweep)
