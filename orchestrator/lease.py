@@ -48,7 +48,7 @@ class LeaseHeld(RuntimeError):
 def check_run_name(name: str, what: str = "--name") -> str:
     """``name`` if it is one safe path segment (it becomes a folder under the storage), else ``ValueError``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{what}: must not be empty")
+        raise ValueError(f"{what}: must be one folder name, not empty")
     bad = [c for c in name if ord(c) < 32 or ord(c) == 127]
     if "/" in name or "\\" in name or bad or name.startswith(".") or name != name.strip():
         raise ValueError(f"{what} {name!r}: must be one folder name (no '/', '\\', control characters, leading dot "

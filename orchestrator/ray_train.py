@@ -94,11 +94,12 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
     experiment = cluster.experiment or job.experiment
     per_worker = per_worker_resources(cluster.cpus_per_worker, cluster.use_gpu)
     run_dir = f"{storage}/{name}"
-    with ray_session():
-        check_resources(cluster.num_workers, per_worker, cluster.allow_autoscale)
-        # one live run per folder: a second run is refused here, naming the holder; a dead one's lease is taken over
-        with acquire_lease(run_dir, job.kind) as lease:
-            check_fresh_run(storage, name, job.kind, cluster.resume, cluster.overwrite)
+    # one live run per folder: a second run is refused here, naming the holder, before Ray starts; a dead run's
+    # lease is taken over. A fresh run refuses a folder with a checkpoint (--resume continues it, --overwrite clears it).
+    with acquire_lease(run_dir, job.kind) as lease:
+        check_fresh_run(storage, name, job.kind, cluster.resume, cluster.overwrite)
+        with ray_session():
+            check_resources(cluster.num_workers, per_worker, cluster.allow_autoscale)
             # writes the run's meta: only once the run can start
             check_existing_run(storage, name, job.run_meta(), f"{job.kind}-meta.json")
             how = asdict(cluster) | {"name": name, "mode": "ray"}
