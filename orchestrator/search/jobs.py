@@ -31,7 +31,7 @@ from orchestrator.runs import RunInfo
 from orchestrator.search.config import SearchConfig, config_from_dict
 from orchestrator.search.loop import check_target, open_data, resolve_latency, run_search, search_feeds
 from orchestrator.search.state import SearchState, alpha_fingerprint, path_fingerprint, state_dict
-from orchestrator.train.runtime import Comm, Precision, Runtime
+from orchestrator.train.runtime import Comm, Precision, RanksDiverged, Runtime
 
 __all__ = ["CHECKPOINT_FILE", "RanksDiverged", "SearchJob", "SearchRun", "run_distributed_search",
            "default_run_name", "check_consistency", "log_search_result", "alpha_table_csv", "cost_metrics"]
@@ -39,10 +39,6 @@ __all__ = ["CHECKPOINT_FILE", "RanksDiverged", "SearchJob", "SearchRun", "run_di
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "search_state.pt"
-
-
-class RanksDiverged(RuntimeError):
-    """Ranks no longer run one search (α or the sampled paths differ). Never retried silently."""
 
 
 def check_consistency(comm: Comm, alpha_fp: str, path_fp: str, step: int) -> list[str]:
