@@ -81,6 +81,24 @@ def test_sweep_config_is_typed(tmp_path):
         load_sweep(cfg, ["retrain.epochs=0"])
 
 
+@pytest.mark.slow
+def test_resume_refuses_a_record_of_another_config_or_with_other_points(tmp_path):
+    """The sweep's JSON record is checked before anything runs: a sweep started with another config, or a record
+    whose points are not its grid's, is refused in one line; nothing else is written to its storage."""
+    cfg = write_sweep(tmp_path / "s.yaml", "rec", tmp_path / "runs", f"sqlite:///{tmp_path}/m.db")
+    stored = json.loads(json.dumps(load_sweep(cfg).to_dict()))
+    record = tmp_path / "runs" / "rec" / "sweep-meta.json"
+    record.parent.mkdir(parents=True)
+    for config, points, says in (
+            ({**stored, "max_concurrent_trials": 2}, [], "was started with another config"),
+            (stored, [{"hardware": "flops", "target": 0.5, "seed": 1}], "holds other points than its grid")):
+        record.write_text(json.dumps({"config": config, "parent_run_id": "0" * 32, "warmups": {},
+                                      "points": points, "finished": {}}))
+        assert_one_line_error(run_nas("sweep", "--config", str(cfg), "--num-cpus", "1"), "sweep 'rec'", says,
+                              "refusing to resume it")
+    assert sorted(p.name for p in (tmp_path / "runs" / "rec").iterdir()) == ["sweep-meta.json"]
+
+
 # ---- the whole pipeline, interrupted and resumed --------------------------------------------------------------
 
 def _runs(client, exp_id: str, kind: str):
