@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import yaml  # noqa: TID253
 from orchestrator.latency.kit import write_kit
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
+from orchestrator.sweep.config import draw_points
+from orchestrator.sweep.runner import _recorded_points
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
 from tests.test_safe_loading import Payload
@@ -97,6 +100,25 @@ def test_resume_refuses_a_record_of_another_config_or_with_other_points(tmp_path
         assert_one_line_error(run_nas("sweep", "--config", str(cfg), "--num-cpus", "1"), "sweep 'rec'", says,
                               "refusing to resume it")
     assert sorted(p.name for p in (tmp_path / "runs" / "rec").iterdir()) == ["sweep-meta.json"]
+
+
+def test_a_sampled_grid_is_drawn_once_and_its_record_checked_on_resume(tmp_path):
+    """A sampled grid's targets are drawn by the driver (distinct, in range, per hardware and seed) and recorded, so
+    a resume runs the same points; a recorded point outside the grid is refused."""
+    grid = [{"hardware": "flops", "targets": {"loguniform": [0.07, 0.2], "samples": 3}}]
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", "drawn", tmp_path / "runs", "sqlite:///x.db", grid=grid,
+                                   seeds=[1, 2]))
+    points = draw_points(sweep, [1, 2], random.Random(0))
+    assert len(points) == 6 and len({p.key for p in points}) == 6 and {p.seed for p in points} == {1, 2}
+    assert all(0.07 <= p.target <= 0.2 for p in points)
+    meta = {"config": sweep.to_dict(), "parent_run_id": "0" * 32, "points": [dataclasses.asdict(p) for p in points]}
+    assert _recorded_points(sweep, json.loads(json.dumps(meta)), [], [1, 2]) == points
+    meta["points"][0]["target"] = 0.5
+    with pytest.raises(ValueError, match="holds a point outside the grid: flops-t0.5-s"):
+        _recorded_points(sweep, meta, [], [1, 2])
+    narrow = sweep.replace(grid=(dataclasses.replace(sweep.grid[0], low=0.1, high=0.100001, samples=5),))
+    with pytest.raises(ValueError, match=r"too narrow for 5 distinct targets"):
+        draw_points(narrow, [1], random.Random(0))
 
 
 # ---- the whole pipeline, interrupted and resumed --------------------------------------------------------------
