@@ -25,7 +25,7 @@ from orchestrator.latency.kit import write_kit
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
 from orchestrator.sweep.config import draw_points
-from orchestrator.sweep.runner import _recorded_points
+from orchestrator.sweep.runner import _check_finished, _recorded_points
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
 from tests.test_safe_loading import Payload
@@ -104,7 +104,8 @@ def test_resume_refuses_a_record_of_another_config_or_with_other_points(tmp_path
 
 def test_a_sampled_grid_is_drawn_once_and_its_record_checked_on_resume(tmp_path):
     """A sampled grid's targets are drawn by the driver (distinct, in range, per hardware and seed) and recorded, so
-    a resume runs the same points; a recorded point outside the grid is refused."""
+    a resume runs the same points; a recorded point outside the grid, or a finished point that is not one of the
+    points or lacks its report's values, is refused."""
     grid = [{"hardware": "flops", "targets": {"loguniform": [0.07, 0.2], "samples": 3}}]
     sweep = load_sweep(write_sweep(tmp_path / "s.yaml", "drawn", tmp_path / "runs", "sqlite:///x.db", grid=grid,
                                    seeds=[1, 2]))
@@ -113,6 +114,12 @@ def test_a_sampled_grid_is_drawn_once_and_its_record_checked_on_resume(tmp_path)
     assert all(0.07 <= p.target <= 0.2 for p in points)
     meta = {"config": sweep.to_dict(), "parent_run_id": "0" * 32, "points": [dataclasses.asdict(p) for p in points]}
     assert _recorded_points(sweep, json.loads(json.dumps(meta)), [], [1, 2]) == points
+    report = {"hardware": "flops", "unit": "MMAC", "arch": "tiny:x", "target": points[0].target,
+              "measured_latency": 0.1, "search_worker_seconds": 9.0, "measure_seconds": 0.5, "val_accuracy": None}
+    _check_finished(sweep, {"finished": {points[0].key: report}}, points)
+    for bad in ({"nope": report}, {points[0].key: {**report, "measured_latency": "0.1"}}):
+        with pytest.raises(ValueError, match="holds a finished point that is not one of its points or has no report"):
+            _check_finished(sweep, {"finished": bad}, points)
     meta["points"][0]["target"] = 0.5
     with pytest.raises(ValueError, match="holds a point outside the grid: flops-t0.5-s"):
         _recorded_points(sweep, meta, [], [1, 2])

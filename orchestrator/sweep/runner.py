@@ -143,13 +143,30 @@ def _recorded_points(sweep: SweepConfig, meta: dict, resolved: list[TrialPoint],
     return points
 
 
+_REPORT_TEXT = ("hardware", "unit", "arch")  # what the sweep's summary reads of a recorded report, by type
+_REPORT_NUMBERS = ("target", "measured_latency", "search_worker_seconds", "measure_seconds")
+_REPORT_OPTIONAL = ("retrain_worker_seconds", "val_accuracy", "supernet_valid_accuracy")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_finished(sweep: SweepConfig, meta: dict, points: list[TrialPoint]) -> None:
-    """The record's finished points (key -> final report) must be among its points."""
+    """The record's finished points (key -> final report) must be among its points, each report with the values
+    the sweep's summary reads."""
     done = meta.setdefault("finished", {})
     keys = {p.key for p in points}
-    if not isinstance(done, dict) or any(k not in keys or not isinstance(v, dict) for k, v in done.items()):
+
+    def ok(key: str, r: object) -> bool:
+        return (key in keys and isinstance(r, dict) and all(isinstance(r.get(k), str) for k in _REPORT_TEXT)
+                and all(_is_number(r.get(k)) for k in _REPORT_NUMBERS)
+                and all(r.get(k) is None or _is_number(r[k]) for k in _REPORT_OPTIONAL))
+
+    if not isinstance(done, dict) or not all(ok(k, r) for k, r in done.items()):
         raise ValueError(f"sweep {sweep.name!r} in {sweep.storage}: its record {META_FILE} holds a finished point "
-                         f"that is not one of its points; refusing to resume it: choose another name")
+                         f"that is not one of its points or has no report; refusing to resume it: choose another "
+                         f"name")
 
 
 def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, resolved: list[TrialPoint],
