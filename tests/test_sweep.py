@@ -215,8 +215,7 @@ def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
     bucket = s3_server.new_bucket()
     cfg = write_sweep(tmp / "sweep.yaml", name, f"s3://{bucket}/sweeps", mlflow_server.tracking_uri)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, **s3_server.env(), "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "1",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **s3_server.env(), "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     proc = _start(cfg, env, tmp / "first.log")
