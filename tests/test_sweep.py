@@ -206,8 +206,9 @@ class ResumedSweep:
 
 @pytest.fixture(scope="module")
 def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
-    """A 2-trial sweep, its storage on S3, whose driver (and its private Ray) is killed once the first trial has
-    finished; pickle payloads planted in its storage; then the same command again."""
+    """A 2-trial sweep, its storage on S3, whose driver (and its private Ray) is SIGKILLed under default settings
+    once the first trial has finished and been recorded; pickle payloads planted in its storage; then the same
+    command again."""
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("sweep")
@@ -218,23 +219,34 @@ def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
     env = {**os.environ, **s3_server.env(), "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    s3 = s3_server.client()
+
+    def recorded() -> dict:
+        try:
+            return json.loads(s3.get_object(Bucket=bucket, Key=f"sweeps/{name}/sweep-meta.json")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return {}
+
     proc = _start(cfg, env, tmp / "first.log")
     first_retrain = None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name(name)
-            if exp is not None:
+            if exp is not None and recorded().get("finished"):
                 done = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"
                         and r.data.tags.get("nas.point") == "search"]
                 searches = _runs(client, exp.experiment_id, "search")
-                if done and len(searches) >= 2:  # trial 1 finished, trial 2 under way: kill the driver now
+                if done and len(searches) >= 2:  # trial 1 finished and recorded, trial 2 under way: kill now
                     first_retrain = done[0].info.run_id
                     break
             time.sleep(1)
         assert first_retrain, f"first trial did not finish in time:\n{(tmp / 'first.log').read_text()[-3000:]}"
+        # a crash, under default settings: SIGKILL, no SIGTERM first (Ray would turn that into a clean exit)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
     finally:
-        _stop_group(proc, grace=0.1, marker=ray_tmp)
+        _stop_group(proc, grace=0.1, marker=ray_tmp)  # whatever outlived the kill, or the driver after a failure
     sentinel = tmp / "sentinel"
     planted = plant_payloads(s3_server.client(), bucket, f"sweeps/{name}", sentinel)
     second = subprocess.run([str(Path(sys.executable).parent / "nas"), "sweep", "--config", str(cfg)], env=env,
