@@ -366,6 +366,27 @@ def test_resumed_sweep_never_unpickles_its_storage(resumed_sweep, s3_server):
     assert tune_keys == {f"sweeps/{r.name}/{rel}" for rel in PLANTED}
 
 
+@pytest.mark.slow
+def test_a_real_sweep_folder_refuses_another_space_or_config(resumed_sweep, s3_server, tmp_path):
+    """The folder of a real sweep (``resumed_sweep``'s, on S3), run again under its name and storage with a search
+    of another space, then with another grid: each refused in one line, and nothing in its storage changes."""
+    name, bucket = resumed_sweep.name, resumed_sweep.bucket
+    s3 = s3_server.client()
+
+    def folder() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"sweeps/{name}/")["Contents"]}
+
+    before = folder()
+    env = s3_server.env()
+    storage, uri = f"s3://{bucket}/sweeps", resumed_sweep.server.tracking_uri
+    for changed in ({"search": str(ROOT / "configs" / "demo.yaml")},  # another space (demo's, not tiny)
+                    {"grid": [{"hardware": "flops", "targets": [0.09, 0.14], "front": FRONT}]}):
+        cfg = write_sweep(tmp_path / "again.yaml", name, storage, uri, **changed)
+        assert_one_line_error(run_nas("sweep", "--config", str(cfg), env=env), f"sweep {name!r}",
+                              "was started with another config", "refusing to resume it")
+    assert folder() == before
+
+
 def test_retrain_refuses_bad_input_before_ray(tmp_path):
     recipe = ROOT / "configs" / "retrain-digits.yaml"
     assert_one_line_error(run_nas("retrain", "--arch", "tiny:bogus", "--config", str(recipe)), "unknown op token")
