@@ -23,6 +23,7 @@ from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
 from orchestrator.ray_session import ray_session
 from orchestrator.ray_train import ClusterSpec
+from orchestrator.redact import redact
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import run_distributed_search
 from orchestrator.sweep.config import SweepConfig, TrialPoint, base_config, hardware_info, resolve_points
@@ -124,12 +125,14 @@ def _param_space(sweep: SweepConfig, points: list[TrialPoint], ctx: TrialContext
             "target": tune.sample_from(draw_target), "ctx": ctx.to_dict()}, sweep.grid[0].samples
 
 
-def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
+def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc, uri: str):
     """A new Tuner, or the restored one when this sweep's Tune state exists (finished trials are kept)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    trainable = tune.with_resources(sweep_trial, {"CPU": 0.01})
+    # the tracking URI, credentials and all, reaches the trials through the object store, not the Tune config
+    # that Tune writes to storage (params.json, result.json): the config's ``ctx`` holds it masked
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, tracking_uri=uri), {"CPU": 0.01})
     fs = loc.fs if loc.is_s3 else None
     path = loc.path(f"{sweep.name}/{TUNE_NAME}")
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -173,7 +176,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
         n_trials = len(points) or len(sweep.grid) * sweep.grid[0].samples * len(seeds)
         ctx = TrialContext(
-            name=sweep.name, search=cfg.to_dict(), tracking_uri=uri, parent_run_id=meta["parent_run_id"],
+            name=sweep.name, search=cfg.to_dict(), tracking_uri=redact(uri), parent_run_id=meta["parent_run_id"],
             storage=meta["storage"], cluster=sweep_cluster(sweep),
             trials_per_warmup=max(1, n_trials // max(1, len(seeds))), default_seed=cfg.seed,
             warmups=meta["warmups"] if sweep.shared_warmup else {},
@@ -182,12 +185,12 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
             fronts={g.hardware: list(g.front) for g in sweep.grid if g.front}, measure_rounds=sweep.measure_rounds,
             retrain=sweep.retrain.to_dict() if sweep.retrain else None)
         space, samples = _param_space(sweep, points, ctx)
-        tuner, restored = _tuner(sweep, space, samples, loc)
+        tuner, restored = _tuner(sweep, space, samples, loc, uri)
         grid = tuner.fit()
     trials, errors = [], []
     for r in grid:
         if r.error is not None:
-            errors.append(str(r.error).splitlines()[0] if str(r.error) else type(r.error).__name__)
+            errors.append(redact(str(r.error).splitlines()[0]) if str(r.error) else type(r.error).__name__)
         elif r.metrics and r.metrics.get("trial_done"):
             trials.append({k: v for k, v in r.metrics.items() if not isinstance(v, dict)})
     parent = meta["parent_run_id"]
