@@ -56,7 +56,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     in an ``Authorization`` header, as MLflow's client sends them, and never into a message."""
     shown = redact(uri)
     if uri.startswith(("http://", "https://")):
-        bare, creds = strip_credentials(uri)
+        bare, in_uri = strip_credentials(uri)
+        creds = in_uri or _mlflow_creds()
         req = urllib.request.Request(bare.rstrip("/") + "/health")
         if creds is not None:
             req.add_header("Authorization", "Basic " + base64.b64encode(":".join(creds).encode()).decode())
@@ -76,11 +77,11 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 pass
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
-                why = ("refused the credentials in the URI" if creds else
-                       "requires credentials: put them in the URI (http://user:password@host) or in "
-                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-                if creds or not os.environ.get("MLFLOW_TRACKING_USERNAME"):
-                    raise ValueError(f"MLflow tracking server {shown} {why} (HTTP {e.code})") from None
+                why = ("refused the credentials in the URI" if in_uri else
+                       "refused the credentials of MLFLOW_TRACKING_USERNAME / ~/.mlflow/credentials" if creds else
+                       "requires credentials: put them in the URI (http://user:password@host), in "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or in ~/.mlflow/credentials")
+                raise ValueError(f"MLflow tracking server {shown} {why} (HTTP {e.code})") from None
         except (urllib.error.URLError, OSError, ValueError):
             pass  # reachable a moment ago: MLflow's own calls retry and report
     elif uri.startswith("sqlite:///"):
@@ -91,6 +92,17 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         return  # a database (``postgresql+psycopg2://`` included): MLflow's own first call says what is wrong
     else:
         raise ValueError(f"unsupported MLflow tracking URI {shown!r}")
+
+
+def _mlflow_creds() -> tuple[str, str] | None:
+    """(user, password) as MLflow's client finds them without the URI: MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, else ``~/.mlflow/credentials``; None when there are none."""
+    try:
+        from mlflow.utils.credentials import read_mlflow_creds
+    except ImportError:  # no MLflow: nothing to record with anyway, and the caller says so
+        return None
+    c = read_mlflow_creds()
+    return (c.username, c.password) if c.username and c.password else None
 
 
 def client(uri: str):

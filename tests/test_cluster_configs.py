@@ -285,9 +285,12 @@ def test_kuberay_mlflow_and_service_account():
     args = " ".join(pod["containers"][0]["args"])
     assert "--artifacts-destination=s3://" in args and "--allowed-hosts=" in args
     assert "disable-security-middleware" not in args and "--allowed-hosts=*" not in args
-    (sa,) = docs["serviceaccount.yaml"]
-    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "nas-ray"
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    sas = {d["metadata"]["name"]: d for d in docs["serviceaccount.yaml"]}
+    assert set(sas) == {"nas-ray", "nas-mlflow"} and all(d["kind"] == "ServiceAccount" for d in sas.values())
+    for sa in sas.values():
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    roles = {n: sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for n, sa in sas.items()}
+    assert roles["nas-ray"] != roles["nas-mlflow"]  # MLflow's own identity: its artifact prefix only
 
 
 def test_kuberay_exposes_nothing_and_uses_one_image_tag_with_aws():
@@ -308,6 +311,193 @@ def test_kuberay_exposes_nothing_and_uses_one_image_tag_with_aws():
                 assert hn is not True, name
             all_images += _images(d)
     assert all_images and set(all_images) == {image}, set(all_images)
+
+
+# ---- KubeRay against the Kubernetes schemas, and who reaches what ---------------------------------------------------
+#
+# kubernetes-validate (PyPI) ships the Kubernetes JSON schemas. Core kinds (ServiceAccount, NetworkPolicy, Service,
+# Deployment, ConfigMap, PersistentVolumeClaim) are checked as they are. The RayCluster and RayJob custom resources
+# are not: no installable package carries KubeRay's CRD schema, so their pod templates (head, worker groups, the
+# RayJob submitter) and the autoscaler sidecar's security context are checked as Kubernetes PodTemplates, strictly
+# (an unknown or misspelt field fails), and the rest of the custom resources only by the structure tests above.
+
+K8S_VERSION = "1.33"  # EKS standard support; NetworkPolicy, PodTemplate, seccompProfile are stable long before
+
+
+def _k8s_validate(obj: dict) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    try:
+        kv.validate(obj, K8S_VERSION, strict=True)
+    except kv.ValidationError as e:
+        raise AssertionError(f"{obj['kind']} {obj.get('metadata', {}).get('name')}: {e.message}") from None
+
+
+def _pod_templates() -> dict[str, dict]:
+    """Every pod template of the Ray manifests, named: the head's and each worker group's (RayCluster and RayJob),
+    and the RayJob's submitter."""
+    docs = _kube_docs()
+    out = {}
+    for fname, kind, spec_of in (("raycluster.yaml", "RayCluster", lambda d: d["spec"]),
+                                 ("rayjob.yaml", "RayJob", lambda d: d["spec"]["rayClusterSpec"])):
+        (d,) = [x for x in docs[fname] if x["kind"] == kind]
+        spec = spec_of(d)
+        out[f"{kind}/head"] = spec["headGroupSpec"]["template"]
+        for g in spec["workerGroupSpecs"]:
+            out[f"{kind}/{g['groupName']}"] = g["template"]
+        if kind == "RayJob":
+            out["RayJob/submitter"] = d["spec"]["submitterPodTemplate"]
+    (dep,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Deployment"]
+    out["Deployment/mlflow"] = dep["spec"]["template"]
+    return out
+
+
+def test_kuberay_core_kinds_pass_the_kubernetes_schemas():
+    kinds = set()
+    for name, ds in _kube_docs().items():
+        for d in ds:
+            if d["apiVersion"].startswith("ray.io/"):
+                continue  # the custom resources: their pod templates are checked below
+            _k8s_validate(d)
+            kinds.add(d["kind"])
+    assert kinds >= {"ServiceAccount", "NetworkPolicy", "Service", "Deployment", "ConfigMap", "PersistentVolumeClaim"}
+
+
+def test_kuberay_pod_templates_pass_the_kubernetes_schemas():
+    templates = _pod_templates()
+    assert len(templates) == 8  # head + 2 worker groups, twice; the submitter; MLflow
+    for name, tpl in templates.items():
+        _k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace("/", "-").lower()},
+                       "template": tpl})
+    for fname, spec_path in (("raycluster.yaml", ("spec",)), ("rayjob.yaml", ("spec", "rayClusterSpec"))):
+        (d,) = [x for x in _kube_docs()[fname] if x["apiVersion"] == "ray.io/v1"]
+        spec = d
+        for k in spec_path:
+            spec = spec[k]
+        sc = spec["autoscalerOptions"]["securityContext"]  # KubeRay copies it onto the autoscaler container
+        _k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "autoscaler"}, "template": {
+            "spec": {"containers": [{"name": "autoscaler", "image": "x", "securityContext": sc}]}}})
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_every_pod_is_non_root_without_escalation_capabilities_or_default_seccomp():
+    for name, tpl in _pod_templates().items():
+        pod = tpl["spec"]
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert not csc.get("privileged") and not csc.get("capabilities", {}).get("add"), (name, c["name"])
+            assert csc.get("runAsUser", 1000) != 0 and csc.get("runAsNonRoot", True) is True, (name, c["name"])
+
+
+def test_mlflow_runs_behind_basic_auth_with_its_own_identity_and_secrets_from_the_environment():
+    docs = _kube_docs()
+    (dep,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = c["command"] + c["args"]
+    assert "--app-name=basic-auth" in args
+    assert not any("backend-store-uri" in a or "password" in a.lower() or "://" in a and "@" in a for a in args), args
+    env = {e["name"]: e for e in c["env"]}
+    for name, (secret, key) in {"MLFLOW_AUTH_ADMIN_PASSWORD": ("mlflow-auth", "admin-password"),
+                                "MLFLOW_FLASK_SERVER_SECRET_KEY": ("mlflow-auth", "flask-secret-key")}.items():
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}, name
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("sqlite:////mlflow/")  # on the volume, no password
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    (cm,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "ConfigMap"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    (vol,) = [n for n, v in vols.items() if v.get("configMap", {}).get("name") == cm["metadata"]["name"]]
+    assert ini == f"{mounts[vol]}/basic_auth.ini" and "basic_auth.ini" in cm["data"]
+    assert "admin_password" not in cm["data"]["basic_auth.ini"]  # from the Secret, through the environment
+    assert pod["serviceAccountName"] == "nas-mlflow" and pod["automountServiceAccountToken"] is False
+    # the Ray pods record with their own MLflow user, from a Secret
+    for name, tpl in _pod_templates().items():
+        if name.endswith(("submitter", "mlflow")):
+            continue
+        for c in tpl["spec"]["containers"]:
+            renv = {e["name"]: e for e in c["env"]}
+            assert renv["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client", name
+            assert renv["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client", name
+    for f in _cluster_files():
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD: " not in f.read_text() and "admin_password =" not in f.read_text(), f
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)
+    selects ``labels``; the empty selector selects everything."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        k, op, vals = e["key"], e["operator"], e.get("values", [])
+        if (op == "Exists" and k not in labels) or (op == "DoesNotExist" and k in labels) or \
+                (op == "In" and labels.get(k) not in vals) or (op == "NotIn" and labels.get(k) in vals):
+            return False
+    return True
+
+
+def _admitted(policies: list[dict], dst: dict, src: dict, src_ns: dict | None, port: int) -> bool:
+    """Whether NetworkPolicies admit a TCP connection to pod labels ``dst`` (in the policies' namespace) from pod
+    labels ``src`` in a namespace with labels ``src_ns`` (None: the same namespace) on ``port``."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], dst)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True  # no policy isolates the pod
+    for p in selecting:
+        for rule in p["spec"].get("ingress", []):
+            if rule.get("ports") and not any(pt.get("port") == port and pt.get("protocol", "TCP") == "TCP"
+                                             for pt in rule["ports"]):
+                continue
+            for peer in rule.get("from", []):
+                if "ipBlock" in peer:
+                    continue
+                if "namespaceSelector" in peer:
+                    if not _selects(peer["namespaceSelector"], src_ns or {"kubernetes.io/metadata.name": "nas"}):
+                        continue
+                elif src_ns is not None:
+                    continue  # a bare podSelector means pods of the policy's own namespace
+                if _selects(peer.get("podSelector", {}), src):
+                    return True
+    return False
+
+
+def test_network_policies_let_only_ray_pods_and_users_reach_mlflow_and_the_dashboard():
+    policies = [d for d in _kube_docs()["networkpolicy.yaml"]]
+    assert all(d["kind"] == "NetworkPolicy" for d in policies)
+    mlflow = {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/part-of": "nas-proxyless"}
+    head = {"ray.io/cluster": "nas-proxyless", "ray.io/node-type": "head"}
+    worker = {"ray.io/cluster": "nas-proxyless", "ray.io/node-type": "worker", "ray.io/group": "gpu-spot"}
+    job_worker = {"ray.io/cluster": "nas-search-abcde", "ray.io/node-type": "worker"}  # a RayJob's own cluster
+    submitter = {"app.kubernetes.io/component": "ray-job-submitter"}
+    users_ns = {"kubernetes.io/metadata.name": "ingress-nginx", "nas-proxyless/ui-access": "true"}
+    users = {"app.kubernetes.io/name": "ingress-nginx", "nas-proxyless/ui-access": "true"}
+    operator_ns = {"kubernetes.io/metadata.name": "kuberay-system"}
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    stranger = {"app": "something-else"}
+    other_ns = {"kubernetes.io/metadata.name": "team-b"}
+    # MLflow: the Ray pods and the users' ingress, on 5000 only
+    for src in (head, worker, job_worker):
+        assert _admitted(policies, mlflow, src, None, 5000), src
+    assert _admitted(policies, mlflow, users, users_ns, 5000)
+    assert not _admitted(policies, mlflow, users, users_ns, 22)
+    for src, ns in ((stranger, None), (submitter, None), (stranger, other_ns), (users, other_ns), (head, other_ns),
+                    (operator, operator_ns)):
+        assert not _admitted(policies, mlflow, src, ns, 5000), (src, ns)
+    # the dashboard and Jobs API: Ray pods, the submitter, the KubeRay operator, the users' ingress
+    for src, ns in ((worker, None), (job_worker, None), (submitter, None), (operator, operator_ns), (users, users_ns)):
+        assert _admitted(policies, head, src, ns, 8265), (src, ns)
+    for src, ns in ((stranger, None), (stranger, other_ns), (users, other_ns), (mlflow, None)):
+        assert not _admitted(policies, head, src, ns, 8265), (src, ns)
+    # GCS and the workers: Ray pods only
+    assert _admitted(policies, head, worker, None, 6379) and _admitted(policies, worker, head, None, 10002)
+    for src, ns in ((users, users_ns), (submitter, None), (stranger, None), (mlflow, None)):
+        assert not _admitted(policies, head, src, ns, 6379), (src, ns)
+        assert not _admitted(policies, worker, src, ns, 10002), (src, ns)
+    # and nothing else in the namespace is open
+    assert not _admitted(policies, stranger, stranger, None, 80)
 
 
 def test_no_secrets_and_only_documented_placeholders_in_cluster_files():
