@@ -509,28 +509,24 @@ class PostgresServer:
         return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 
     def create_database(self, name: str) -> None:
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                                dbname="postgres")
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                             dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 @contextmanager
-def start_postgres(workdir: Path, user: str = "nas", password: str | None = None, timeout: float = 60.0):
+def start_postgres(user: str = "nas", password: str | None = None, timeout: float = 60.0):
     """A real PostgreSQL server (``initdb`` + ``pg_ctl`` of the machine) on 127.0.0.1 with password (SCRAM)
     authentication, until the block exits. PostgreSQL refuses to run as root: as root it runs as ``nobody``.
-    Skips the test when the binaries or psycopg2 are missing."""
-    pytest.importorskip("psycopg2")
+    Skips the test when the binaries or psycopg are missing."""
+    pytest.importorskip("psycopg")
     if not (shutil.which("initdb") and shutil.which("pg_ctl")):
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
     password = password or f"Pg-{secrets.token_hex(8)}"
-    root = Path(tempfile.mkdtemp(prefix="pg", dir=workdir))
+    # its own folder in /tmp: as ``nobody`` it cannot enter pytest's tmp folders (mode 700, root's)
+    root = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
     as_user: list[str] = []
     if os.geteuid() == 0:
         os.chown(root, 65534, 65534)

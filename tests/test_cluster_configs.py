@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -11,13 +12,15 @@ import stat
 import subprocess
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml  # noqa: TID253
 from packaging.specifiers import SpecifierSet
 
-from tests.servers import _base_env, free_port
+from tests.servers import _base_env, free_port, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -526,56 +529,107 @@ def test_node_env_script_writes_token_and_shell_env(s3_server, tmp_path):
                        aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
     param = f"/nas-test-{os.getpid()}/ray-auth-token"
     ssm.put_parameter(Name=param, Value="f" * 64, Type="SecureString", Overwrite=True)
+    mlflow_param = f"/nas-test-{os.getpid()}/mlflow-password"
+    ssm.put_parameter(Name=mlflow_param, Value="Mlf-pw-123456", Type="SecureString", Overwrite=True)
     home = tmp_path / "home"
     home.mkdir()
     env = _script_env(s3_server, home)
     for _ in range(2):  # idempotent: a second run (ray up again) leaves one copy of each line
-        subprocess.run(["bash", str(SCRIPTS / "node-env.sh"), s3_server.region, "10.0.0.5", param], env=env,
-                       check=True, capture_output=True, timeout=60)
+        cp = subprocess.run(["bash", str(SCRIPTS / "node-env.sh"), s3_server.region, "10.0.0.5", param, mlflow_param],
+                            env=env, check=True, capture_output=True, text=True, timeout=60)
+        assert "Mlf-pw-123456" not in cp.stdout + cp.stderr
     token = home / ".ray" / "auth_token"
     assert token.read_text() == "f" * 64
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    creds = home / ".mlflow" / "credentials"  # where MLflow's client reads them: the URI carries none
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert creds.read_text() == "[mlflow]\nmlflow_tracking_username = nas\nmlflow_tracking_password = Mlf-pw-123456\n"
+    assert "Mlf-pw-123456" not in (home / ".bashrc").read_text()
     rc = (home / ".bashrc").read_text()
     assert rc.count("export RAY_AUTH_MODE=token") == 1
     assert rc.count("export MLFLOW_TRACKING_URI=http://10.0.0.5:5000") == 1
 
 
+def _cmdlines(pgid: int) -> list[str]:
+    """The command lines of the processes of process group ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_start_mlflow_script_serves_with_s3_artifacts(s3_server, tmp_path):
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_start_mlflow_script_serves_with_auth_and_s3_artifacts_and_no_secret_in_argv(s3_server, tmp_path, backend):
+    import boto3
+
     bucket = s3_server.new_bucket()
     home = tmp_path / "home"
     home.mkdir()
     port = free_port()
     env = _script_env(s3_server, home, AWS_DEFAULT_REGION=s3_server.region, MLFLOW_HOST="127.0.0.1",
                       MLFLOW_PORT=str(port), MLFLOW_WORKERS="1")
+    ssm = boto3.client("ssm", endpoint_url=s3_server.url, region_name=s3_server.region,
+                       aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+    password = f"Mlf-{os.urandom(6).hex()}"
+    base = f"/nas-test-{os.getpid()}-{backend}"
+    ssm.put_parameter(Name=f"{base}/mlflow-password", Value=password, Type="SecureString", Overwrite=True)
     pidfile = home / "mlflow" / "server.pid"
-    try:
+    with contextlib.ExitStack() as stack:
+        secrets_ = [password]
+        if backend == "postgresql":
+            pg = stack.enter_context(start_postgres())
+            pg.create_database("mlflow")
+            ssm.put_parameter(Name=f"{base}/mlflow-backend-uri", Value=pg.uri("mlflow"), Type="SecureString",
+                              Overwrite=True)
+            secrets_.append(pg.password)
+        stack.callback(_stop_script_server, pidfile)
+        refused = subprocess.run(["bash", str(SCRIPTS / "start-mlflow.sh"), f"s3://{bucket}/mlflow",
+                                  f"{base}/mlflow-backend-uri", f"{base}/no-such-password"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "does not serve without authentication" in refused.stderr
+        assert not pidfile.exists()
         cp = subprocess.run(["bash", str(SCRIPTS / "start-mlflow.sh"), f"s3://{bucket}/mlflow",
-                             f"/nas-test-{os.getpid()}/no-such-backend"], env=env, capture_output=True,
-                            text=True, timeout=110)
+                             f"{base}/mlflow-backend-uri", f"{base}/mlflow-password"], env=env, capture_output=True,
+                            text=True, timeout=150)
         assert cp.returncode == 0, cp.stdout + cp.stderr
-        assert "backend: sqlite" in cp.stdout
+        assert f"backend: {backend}" in cp.stdout and "basic auth" in cp.stdout
+        argv = _cmdlines(int(pidfile.read_text()))
+        assert any("mlflow" in a for a in argv)
+        assert not any(s in a for s in secrets_ for a in argv), argv  # no password on any command line
+        for f in ("basic_auth.ini", "flask-secret"):
+            assert stat.S_IMODE((home / "mlflow" / f).stat().st_mode) == 0o600, f
+        with pytest.raises(urllib.error.HTTPError) as e:  # no credentials: refused
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1")
+        assert e.value.code == 401
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        client = mlflow.MlflowClient(tracking_uri=f"http://nas:{password}@127.0.0.1:{port}")
         run = client.create_run(client.create_experiment("script-smoke"))
         f = tmp_path / "a.txt"
         f.write_text("x")
         client.log_artifact(run.info.run_id, str(f))
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
         assert any(k.startswith("mlflow/") and k.endswith(f"{run.info.run_id}/artifacts/a.txt") for k in keys)
-    finally:
-        if pidfile.exists():  # the script's server runs in its own session: stop exactly that group
-            pgid = int(pidfile.read_text())
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                for _ in range(50):
-                    os.killpg(pgid, 0)
-                    time.sleep(0.2)
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+
+def _stop_script_server(pidfile: Path) -> None:
+    if pidfile.exists():  # the script's server runs in its own session: stop exactly that group
+        pgid = int(pidfile.read_text())
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            for _ in range(50):
+                os.killpg(pgid, 0)
+                time.sleep(0.2)
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # ---- operator guide --------------------------------------------------------------------------------------

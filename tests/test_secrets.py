@@ -251,7 +251,7 @@ def test_password_absent_from_a_sweep(auth_server, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_postgresql_uri_with_password_records_a_search_and_is_never_written(tmp_path):
-    with start_postgres(tmp_path) as pg:
+    with start_postgres() as pg:
         pg.create_database("mlflow")
         uri = pg.uri("mlflow")
         work = tmp_path / "work"
