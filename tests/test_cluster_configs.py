@@ -73,7 +73,9 @@ def _base_tag() -> str:
     assert len(froms) == 1, froms
     image = froms[0].split()[0]
     assert image.startswith("rayproject/ray:"), image
-    return image.split(":", 1)[1]
+    tag, _, digest = image.split(":", 1)[1].partition("@")  # an operator may pin the tag's digest too
+    assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+    return tag
 
 
 def _expected_image_tag() -> str:
@@ -128,7 +130,7 @@ def test_dockerfile_base_is_pinned_official_ray_gpu_image_matching_pyproject():
     tag = _base_tag()
     assert "3.11" in SpecifierSet(_pyproject()["project"]["requires-python"])  # the project admits the image's Python
     assert tag == f"{_pinned('ray')}-py311-gpu", tag
-    assert "latest" not in tag
+    assert "latest" not in tag and re.fullmatch(r"\d+\.\d+\.\d+-py\d+-gpu", tag), tag  # an exact version
 
 
 def test_dockerfile_installs_project_like_the_makefile_as_non_root_without_secrets():
