@@ -181,7 +181,7 @@ def search_worker(config: dict) -> dict:
     warm = load_state_uri(job["warm_start"]) if w.resume is None and job["warm_start"] else None
     checks: list[tuple[int, list[str]]] = []  # (step, per-rank α fingerprints) of every consistency check
     # a resumed group replays the steps after its checkpoint: those already recorded are not logged twice
-    logged = tracking.logged_steps(config["tracking_uri"], config["run_id"], "entropy") \
+    logged = tracking.logged_steps(w.sink.uri, config["run_id"], "entropy") \
         if w.sink is not None and restored else set()
     odd = min(1, rt.world - 1)  # the rank that fault injection hits
 

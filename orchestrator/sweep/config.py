@@ -25,6 +25,7 @@ from orchestrator.latency.hardware import default_profile
 from orchestrator.search.config import load_config
 from orchestrator.search.loop import resolve_latency
 from orchestrator.latency.profiles import RUNTIMES
+from orchestrator.redact import redact_obj
 from orchestrator.retrain.config import RetrainConfig, retrain_config_from_dict
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class SweepConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        """The sweep as it is recorded (MLflow parameters, ``sweep-meta.json``) and matched on resume: plain data,
+        credentials in its tracking URI masked."""
+        return redact_obj(to_dict(self))
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------

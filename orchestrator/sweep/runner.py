@@ -31,6 +31,7 @@ from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
 from orchestrator.ray_session import ray_session
 from orchestrator.ray_train import ClusterSpec
+from orchestrator.redact import redact
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import run_distributed_search
 from orchestrator.sweep.config import (SweepConfig, TrialPoint, base_config, draw_points, hardware_info,
@@ -246,17 +247,20 @@ def _recorder(on_done: Callable[[dict, dict], None]):
     return FinishedPoints()
 
 
-def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext,
+def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext, uri: str,
                 on_done: Callable[[dict, dict], None]) -> list[str]:
     """The unfinished points on a fresh Tuner, whose experiment lives in a new private temporary folder (never the
     sweep's storage, never restored); returns the failed trials' lines."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    # the tracking URI, credentials and all, reaches the trials through the object store, not the Tune config
+    # that Tune writes (params.json, result.json): the config's ``ctx`` holds it masked
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, tracking_uri=uri), {"CPU": 0.01})
     tune_dir = tempfile.mkdtemp(prefix=f"nas-sweep-{sweep.name}-")
     try:
         tuner = tune.Tuner(
-            tune.with_resources(sweep_trial, {"CPU": 0.01}),
+            trainable,
             param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo]), "ctx": ctx.to_dict()},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials),
             run_config=tune.RunConfig(name=TUNE_NAME, storage_path=tune_dir,
@@ -267,7 +271,7 @@ def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext,
                                       callbacks=[JsonLoggerCallback(), _recorder(on_done)]),
         )
         grid = tuner.fit()
-        return [str(r.error).splitlines()[0] if str(r.error) else type(r.error).__name__
+        return [redact(str(r.error).splitlines()[0]) if str(r.error) else type(r.error).__name__
                 for r in grid if r.error is not None]
     finally:
         shutil.rmtree(tune_dir, ignore_errors=True)
@@ -298,7 +302,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
         ctx = TrialContext(
-            name=sweep.name, search=cfg.to_dict(), tracking_uri=uri, parent_run_id=meta["parent_run_id"],
+            name=sweep.name, search=cfg.to_dict(), tracking_uri=redact(uri), parent_run_id=meta["parent_run_id"],
             storage=meta["storage"], cluster=sweep_cluster(sweep),
             trials_per_warmup=max(1, len(points) // max(1, len(seeds))), default_seed=cfg.seed,
             warmups=meta["warmups"] if sweep.shared_warmup else {},
@@ -320,7 +324,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | No
             except OSError as e:  # written again once the trials are done, where a failure stops the sweep
                 log.warning("could not record a finished point yet: %s", st.one_line(e))
 
-        errors = _run_points(sweep, todo, ctx, record) if todo else []
+        errors = _run_points(sweep, todo, ctx, uri, record) if todo else []
         _save_record(meta, write, uri)
     trials = [finished[p.key] for p in points if p.key in finished]
     parent = meta["parent_run_id"]

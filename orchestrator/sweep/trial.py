@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 from orchestrator import tracking
 from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
 from orchestrator.derive import derive_front, log_probs_from_alpha
 from orchestrator.ray_train import ClusterSpec
+from orchestrator.redact import install as install_redaction, redact
 from orchestrator.retrain.config import retrain_config_from_dict
 from orchestrator.retrain.jobs import run_retrain
 from orchestrator.search.config import SearchConfig, config_from_dict
@@ -80,12 +81,28 @@ def point_key(hardware: str, target: float, seed: int) -> str:
     return f"{hardware}-t{target:.4g}-s{seed}"
 
 
-def sweep_trial(config: dict) -> None:
-    """Tune trainable: the search, its latency measured on the target hardware, the net retrained; one report."""
+def sweep_trial(config: dict, tracking_uri: str | None = None) -> None:
+    """Tune trainable: the search, its latency measured on the target hardware, the net retrained; one report.
+    ``tracking_uri`` (through ``tune.with_parameters``) is the URI with its credentials, which the config's
+    ``ctx`` holds masked. An error that would carry them is re-raised with them masked (Tune writes a trial's
+    error to storage)."""
+    install_redaction()
+    try:
+        _sweep_trial(config, tracking_uri)
+    except Exception as e:
+        text = f"{type(e).__name__}: {e}"
+        if redact(text) != text:
+            raise RuntimeError(redact(text)) from None
+        raise
+
+
+def _sweep_trial(config: dict, tracking_uri: str | None) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = TrialContext.from_dict(config["ctx"])
+    if tracking_uri:
+        ctx = replace(ctx, tracking_uri=tracking_uri)
     hw, target, seed = trial_point(config)
     key = point_key(hw, target, seed)
     table = ctx.tables.get(hw)
