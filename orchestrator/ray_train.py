@@ -30,6 +30,7 @@ from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, check_worker_shape, per_worker_resources
 from orchestrator.ray_session import ray_session
 from orchestrator.lease import acquire_lease, check_run_name, takeover_line
+from orchestrator.redact import has_credentials, install as install_redaction, redact
 from orchestrator.runs import (Job, RunInfo, check_existing_run, check_fresh_run, close_run, log_tracking_summary,
                                open_run, tracked_run)
 from orchestrator.state_io import load_state
@@ -37,7 +38,7 @@ from orchestrator.train.checkpoint import seed_rank
 from orchestrator.train.runtime import DistComm, Precision, Runtime
 
 __all__ = ["ClusterSpec", "TrainWorker", "run_on_ray", "start_worker", "load_state_uri",
-           "checkpoint_file_state", "failure_line"]
+           "checkpoint_file_state", "failure_line", "worker_tracking_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,10 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
                 job, uri, experiment, name, how, run_dir, dict(cluster.tags), cluster.parent_run_id))
             if lease.takeover:
                 tracking.set_tags(uri, run_id, {"nas.lease_takeover": takeover_line(lease.takeover)})
-            config = {"job": job.worker_config(), "run_id": run_id, "tracking_uri": uri,
+            # Ray Train shows the loop config on the dashboard: it carries the URI masked, and a URI with
+            # credentials travels to the workers as an object in the object store (``worker_tracking_uri``)
+            config = {"job": job.worker_config(), "run_id": run_id, "tracking_uri": redact(uri),
+                      "tracking_uri_ref": _object_ref(uri) if has_credentials(uri) else None,
                       "use_gpu": cluster.use_gpu, "threads": cluster.threads, "progress": cluster.progress,
                       "run_dir": run_dir}
             result, wall = _fit(job.kind, name, job.train_func(), config, cluster, per_worker, storage,
@@ -125,6 +129,23 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
                                                wall * cluster.num_workers, gap))
 
 
+def _object_ref(value: Any) -> Any:
+    import ray
+
+    return ray.put(value)
+
+
+def worker_tracking_uri(config: dict) -> str:
+    """The tracking URI on a Train worker: the one with credentials from the object store when the driver put it
+    there, else the loop config's own."""
+    ref = config.get("tracking_uri_ref")
+    if ref is None:
+        return config["tracking_uri"]
+    import ray
+
+    return ray.get(ref)
+
+
 def failure_line(e: BaseException) -> str:
     """One line that names why a Train run failed: the first failing worker's own exception when there is one
     (Ray wraps it in a ``WorkerGroupError`` and a ``RayTaskError``), else the error's first line."""
@@ -133,7 +154,7 @@ def failure_line(e: BaseException) -> str:
         e = failures[min(failures)]
     while getattr(e, "cause", None) is not None and e.cause is not e:  # RayTaskError -> the user's exception
         e = e.cause
-    text = str(e).strip()
+    text = redact(str(e).strip())
     if not text:
         return type(e).__name__
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -208,13 +229,14 @@ class TrainWorker:
 def start_worker(config: dict, checkpoint_file: str, what: str, seed: int, precision: Precision) -> TrainWorker:
     """Start this rank: its runtime (the GPU Ray assigned it, or the CPU; gloo or NCCL), the state of the run's
     latest reported checkpoint (``weights_only``) or, on a fresh start, a rank RNG seeded from (seed, rank)."""
+    install_redaction()  # this worker's log lines (and MLflow's) reach the driver's console and Ray's log files
     rt = worker_runtime(config["use_gpu"], precision, config["threads"])
     resume = restored_state(checkpoint_file, what)
     if resume is None:
         seed_rank(seed, rt.rank)  # a resume restores each rank's saved state instead
     else:
         log.info("rank %d resumes at step %d", rt.rank, resume["step"])
-    sink = tracking.MetricSink(config["tracking_uri"], config["run_id"]) if rt.rank == 0 else None
+    sink = tracking.MetricSink(worker_tracking_uri(config), config["run_id"]) if rt.rank == 0 else None
     progress = RankZeroBar if rt.rank == 0 and config["progress"] else False
     return TrainWorker(config, rt, resume, sink, progress)
 

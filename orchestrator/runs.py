@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from orchestrator import storage as st
 from orchestrator import tracking
 from orchestrator.lease import LEASE_FILE, refuse_fresh_over_checkpoint
+from orchestrator.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def close_run(job: Job, out: dict, run: RunInfo) -> Any:
     except Exception as e:
         if run.run_id is not None:
             tracking.set_tags(run.tracking_uri, run.run_id,
-                              {"nas.failure": (str(e).splitlines() or [type(e).__name__])[0][:5000]})
+                              {"nas.failure": redact((str(e).splitlines() or [type(e).__name__])[0])[:5000]})
             tracking.end_run(run.tracking_uri, run.run_id, "FAILED")
         raise
     if run.run_id is not None:
@@ -183,15 +184,17 @@ def check_fresh_run(storage: str, name: str, kind: str, resume: bool, overwrite:
 def tracked_run(storage: str, name: str, uri: str, experiment: str, create: Callable[[], str]) -> tuple[str, bool]:
     """The MLflow run of the run folder ``storage``/``name``: the run recorded there, reopened, when it is not
     FINISHED (its driver died: the same command continues the same run, as Ray Train continues its
-    checkpoints), else a new one from ``create()``, recorded there. Returns (run id, whether it was reopened)."""
+    checkpoints), else a new one from ``create()``, recorded there. Returns (run id, whether it was reopened).
+    The file records the tracking URI with its credentials masked (``redact``), and is matched that way."""
     loc = st.resolve(storage)
     rel = f"{name}/{RUN_FILE}"
+    shown = redact(uri)
     if st.exists(loc, rel):
         saved = json.loads(st.read_bytes(loc, rel))
-        if saved.get("tracking_uri") == uri and tracking.reopen_run(uri, saved["run_id"], experiment):
+        if saved.get("tracking_uri") == shown and tracking.reopen_run(uri, saved["run_id"], experiment):
             return saved["run_id"], True
     run_id = create()
-    st.publish_bytes(loc, rel, json.dumps({"tracking_uri": uri, "experiment": experiment, "run_id": run_id},
+    st.publish_bytes(loc, rel, json.dumps({"tracking_uri": shown, "experiment": experiment, "run_id": run_id},
                                           indent=1).encode())
     return run_id, False
 

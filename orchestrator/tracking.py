@@ -3,6 +3,7 @@ processes). Runs are created by a driver and written to by exactly one process (
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -14,9 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.redact import has_credentials, redact, strip_credentials
+
 log = logging.getLogger(__name__)
 
 PARAM_LIMIT = 6000  # MLflow's param value length limit
+TEXT_ARTIFACTS = (".json", ".txt", ".csv", ".yaml", ".yml", ".config", ".log", ".md")  # masked like text
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -28,7 +32,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     elif "://" not in uri:
-        raise ValueError(f"tracking URI {uri!r} has no scheme: use http(s)://host:port or sqlite:///path")
+        raise ValueError(f"tracking URI {redact(uri)!r} has no scheme: use http(s)://host:port or sqlite:///path")
     return uri
 
 
@@ -48,27 +52,64 @@ def default_sqlite_uri() -> str:
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail before any training if the tracking store cannot be reached."""
+    """Fail before any training if the tracking store cannot be reached. A URI's credentials (``user:pass@``) go
+    in an ``Authorization`` header, as MLflow's client sends them, and never into a message."""
+    shown = redact(uri)
     if uri.startswith(("http://", "https://")):
+        bare, in_uri = strip_credentials(uri)
+        creds = in_uri or _mlflow_creds()
+        req = urllib.request.Request(bare.rstrip("/") + "/health")
+        if creds is not None:
+            req.add_header("Authorization", "Basic " + base64.b64encode(":".join(creds).encode()).decode())
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise ValueError(f"MLflow tracking server {uri} answered /health with HTTP {r.status}")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ValueError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status = r.status
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL
+            reason = redact(str(getattr(e, "reason", e)))
+            raise ValueError(f"MLflow tracking server {shown} is unreachable: {reason}") from None
+        if status != 200:
+            raise ValueError(f"MLflow tracking server {shown} answered /health with HTTP {status}")
+        # /health answers anyone; an authenticating server (mlflow server --app-name basic-auth) refuses wrong or
+        # missing credentials on its API: say so now, not after the first training step
+        req.full_url = bare.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                why = ("refused the credentials in the URI" if in_uri else
+                       "refused the credentials of MLFLOW_TRACKING_USERNAME / ~/.mlflow/credentials" if creds else
+                       "requires credentials: put them in the URI (http://user:password@host), in "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or in ~/.mlflow/credentials")
+                raise ValueError(f"MLflow tracking server {shown} {why} (HTTP {e.code})") from None
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # reachable a moment ago: MLflow's own calls retry and report
     elif uri.startswith("sqlite:///"):
         parent = Path(uri[len("sqlite:///"):]).parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ValueError(f"MLflow SQLite store {uri}: folder {parent} does not exist or is not writable")
-    elif uri.startswith(("postgresql://", "mysql://", "databricks")):
-        return
+            raise ValueError(f"MLflow SQLite store {shown}: folder {parent} does not exist or is not writable")
+    elif uri.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql") or uri.startswith("databricks"):
+        return  # a database (``postgresql+psycopg2://`` included): MLflow's own first call says what is wrong
     else:
-        raise ValueError(f"unsupported MLflow tracking URI {uri!r}")
+        raise ValueError(f"unsupported MLflow tracking URI {shown!r}")
+
+
+def _mlflow_creds() -> tuple[str, str] | None:
+    """(user, password) as MLflow's client finds them without the URI: MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, else ``~/.mlflow/credentials``; None when there are none."""
+    try:
+        from mlflow.utils.credentials import read_mlflow_creds
+    except ImportError:  # no MLflow: nothing to record with anyway, and the caller says so
+        return None
+    c = read_mlflow_creds()
+    return (c.username, c.password) if c.username and c.password else None
 
 
 def client(uri: str):
     from mlflow import MlflowClient
+
+    if has_credentials(uri):  # MLflow prints "View run ... at: <URI>" to stdout, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
     try:  # MLflow's SQLite store resolves its default artifact root against the working directory, which a
         os.getcwd()  # Ray job's can lose: a second node on the same machine re-extracts the job's package there
@@ -84,7 +125,7 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str:
     if exp is not None:
         return exp.experiment_id
     if not create:
-        raise ValueError(f"unknown MLflow experiment {name!r} at {uri}")
+        raise ValueError(f"unknown MLflow experiment {name!r} at {redact(uri)}")
     location = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever the working directory is
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
@@ -92,6 +133,7 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str:
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Parameters as MLflow stores them: nested keys joined with dots, values as text, credentials masked."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -99,7 +141,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(_flatten(v, key + "."))
         else:
             text = v if isinstance(v, str) else json.dumps(v)
-            out[key] = text[:PARAM_LIMIT]
+            out[key] = redact(text)[:PARAM_LIMIT]
     return out
 
 
@@ -109,7 +151,7 @@ def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, An
     from mlflow.entities import Param
 
     c = client(uri)
-    all_tags = dict(tags or {})
+    all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
     all_tags["mlflow.runName"] = run_name
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -134,17 +176,23 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(uri)
     for k, v in tags.items():
-        c.set_tag(run_id, k, v)
+        c.set_tag(run_id, k, redact(str(v)))
 
 
 def log_artifact_files(uri: str, run_id: str, files: Mapping[str, bytes | str], artifact_path: str | None = None) -> None:
-    """Log in-memory files as artifacts of a run (through the tracking server's artifact store)."""
+    """Log in-memory files as artifacts of a run (through the tracking server's artifact store); text files
+    (``str``, or bytes of a text format) with credentials masked."""
     c = client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
             p = Path(tmp) / name
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data.encode() if isinstance(data, str) else data)
+            if isinstance(data, bytes) and name.endswith(TEXT_ARTIFACTS):
+                try:
+                    data = data.decode()
+                except UnicodeDecodeError:
+                    pass
+            p.write_bytes(redact(data).encode() if isinstance(data, str) else data)
         c.log_artifacts(run_id, tmp, artifact_path)
 
 
@@ -242,7 +290,8 @@ def logged_steps(uri: str, run_id: str, key: str, timeout_s: float = 5.0) -> set
                     return steps
         return {m.step for m in client(uri).get_metric_history(run_id, key)}
     except Exception as e:  # noqa: BLE001 (the record is best effort here: at worst a step is logged twice)
-        log.warning("could not read the logged steps of %s from %s: %s", key, uri, str(e).splitlines()[0][:200])
+        log.warning("could not read the logged steps of %s from %s: %s", key, redact(uri),
+                    redact(str(e).splitlines()[0][:200]) if str(e) else type(e).__name__)
         return set()
 
 
@@ -303,13 +352,13 @@ class MetricSink:
             wait = min(self.max_backoff_s, self.backoff_s * 2 ** (self.failures - 1))
             self._next_try = time.monotonic() + wait
             log.warning("tracking store %s did not take %d metric(s) (%s); keeping them, next try in %.0f s",
-                        self.uri, len(self.pending), str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
-                        wait)
+                        redact(self.uri), len(self.pending),
+                        redact(str(e).splitlines()[0][:200]) if str(e) else type(e).__name__, wait)
             return False
         finally:
             self.seconds += time.monotonic() - t0
         if self.failures:
-            log.warning("tracking store %s answers again: sent the metrics kept meanwhile", self.uri)
+            log.warning("tracking store %s answers again: sent the metrics kept meanwhile", redact(self.uri))
         self.failures = 0
         return True
 

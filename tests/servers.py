@@ -206,10 +206,11 @@ class RestartableMlflowServer:
     tracking outage in the middle of a run). ``start_mlflow_server`` runs one; its ``MlflowServer.control`` is this."""
 
     def __init__(self, workdir: Path, artifacts_destination: str | None = None, backend_store_uri: str | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 90.0) -> None:
+                 env: dict[str, str] | None = None, timeout: float = 90.0,
+                 basic_auth: tuple[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.timeout, self.env = free_port(), timeout, env
+        self.port, self.timeout, self.env = free_port(), timeout, dict(env or {})
         self.backend = backend_store_uri or f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
         self.artifacts = artifacts_destination or (self.workdir / "artifacts").resolve().as_uri()
         self.log = self.workdir / "mlflow-server.log"
@@ -217,6 +218,18 @@ class RestartableMlflowServer:
         self.cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
                     "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", "1"]
+        if basic_auth is not None:
+            # MLflow's own basic-auth app, as on the cluster: its user store beside the backend, the admin user and
+            # password from the environment (never argv), a static secret for its CSRF protection
+            user, password = basic_auth
+            ini = self.workdir / "basic_auth.ini"
+            ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                           f"database_uri = sqlite:///{(self.workdir / 'basic_auth.db').resolve()}\n"
+                           f"admin_username = {user}\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            self.env.update({"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+            self.cmd += ["--app-name", "basic-auth"]
 
     @property
     def tracking_uri(self) -> str:
@@ -288,12 +301,14 @@ class MlflowServer:
 @contextmanager
 def start_mlflow_server(workdir: Path, artifacts_destination: str | None = None,
                         backend_store_uri: str | None = None, env: dict[str, str] | None = None,
-                        timeout: float = 90.0):
+                        timeout: float = 90.0, basic_auth: tuple[str, str] | None = None):
     """Run ``mlflow server`` on 127.0.0.1 (free port) until the block exits, whatever state a test left it in.
 
     ``artifacts_destination`` defaults to ``file://<workdir>/artifacts``; ``backend_store_uri`` to SQLite in
-    ``workdir``. ``env`` is added to the server's environment (S3 credentials, MLFLOW_S3_ENDPOINT_URL)."""
-    proc = RestartableMlflowServer(workdir, artifacts_destination, backend_store_uri, env, timeout)
+    ``workdir``. ``env`` is added to the server's environment (S3 credentials, MLFLOW_S3_ENDPOINT_URL).
+    ``basic_auth`` (user, password) serves MLflow's basic-auth app (``--app-name basic-auth``) with that admin user:
+    clients then need ``http://user:password@127.0.0.1:PORT`` (``tracking_uri`` stays without credentials)."""
+    proc = RestartableMlflowServer(workdir, artifacts_destination, backend_store_uri, env, timeout, basic_auth)
     proc.start()
     try:
         yield MlflowServer(proc.tracking_uri, proc.artifacts, proc.backend, proc.log, proc)
@@ -477,3 +492,58 @@ def local_two_node_cluster(env: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    data_dir: Path
+
+    def uri(self, database: str, driver: str = "postgresql") -> str:
+        """A SQLAlchemy URI with the password in it, as MLflow takes it (``postgresql://user:pass@host:port/db``)."""
+        return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                             dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@contextmanager
+def start_postgres(user: str = "nas", password: str | None = None, timeout: float = 60.0):
+    """A real PostgreSQL server (``initdb`` + ``pg_ctl`` of the machine) on 127.0.0.1 with password (SCRAM)
+    authentication, until the block exits. PostgreSQL refuses to run as root: as root it runs as ``nobody``.
+    Skips the test when the binaries or psycopg are missing."""
+    pytest.importorskip("psycopg")
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    password = password or f"Pg-{secrets.token_hex(8)}"
+    # its own folder in /tmp: as ``nobody`` it cannot enter pytest's tmp folders (mode 700, root's)
+    root = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        os.chown(root, 65534, 65534)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")  # initdb reads the password from a file: never argv
+    if as_user:
+        os.chown(pwfile, 65534, 65534)
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", user, f"--pwfile={pwfile}", "-A", "scram-sha-256"],
+                   check=True, capture_output=True, timeout=timeout)
+    pwfile.unlink()
+    ctl = [*as_user, "pg_ctl", "-D", str(data), "-l", str(root / "server.log")]
+    subprocess.run([*ctl, "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-w", "start"], check=True,
+                   capture_output=True, timeout=timeout)
+    try:
+        yield PostgresServer("127.0.0.1", port, user, password, data)
+    finally:
+        subprocess.run([*ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=timeout)
+        shutil.rmtree(root, ignore_errors=True)

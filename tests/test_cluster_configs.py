@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -11,13 +12,15 @@ import stat
 import subprocess
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml  # noqa: TID253
 from packaging.specifiers import SpecifierSet
 
-from tests.servers import _base_env, free_port
+from tests.servers import _base_env, free_port, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -70,7 +73,9 @@ def _base_tag() -> str:
     assert len(froms) == 1, froms
     image = froms[0].split()[0]
     assert image.startswith("rayproject/ray:"), image
-    return image.split(":", 1)[1]
+    tag, _, digest = image.split(":", 1)[1].partition("@")  # an operator may pin the tag's digest too
+    assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+    return tag
 
 
 def _expected_image_tag() -> str:
@@ -125,7 +130,7 @@ def test_dockerfile_base_is_pinned_official_ray_gpu_image_matching_pyproject():
     tag = _base_tag()
     assert "3.11" in SpecifierSet(_pyproject()["project"]["requires-python"])  # the project admits the image's Python
     assert tag == f"{_pinned('ray')}-py311-gpu", tag
-    assert "latest" not in tag
+    assert "latest" not in tag and re.fullmatch(r"\d+\.\d+\.\d+-py\d+-gpu", tag), tag  # an exact version
 
 
 def test_dockerfile_installs_project_like_the_makefile_as_non_root_without_secrets():
@@ -285,9 +290,12 @@ def test_kuberay_mlflow_and_service_account():
     args = " ".join(pod["containers"][0]["args"])
     assert "--artifacts-destination=s3://" in args and "--allowed-hosts=" in args
     assert "disable-security-middleware" not in args and "--allowed-hosts=*" not in args
-    (sa,) = docs["serviceaccount.yaml"]
-    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "nas-ray"
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    sas = {d["metadata"]["name"]: d for d in docs["serviceaccount.yaml"]}
+    assert set(sas) == {"nas-ray", "nas-mlflow"} and all(d["kind"] == "ServiceAccount" for d in sas.values())
+    for sa in sas.values():
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    roles = {n: sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for n, sa in sas.items()}
+    assert roles["nas-ray"] != roles["nas-mlflow"]  # MLflow's own identity: its artifact prefix only
 
 
 def test_kuberay_exposes_nothing_and_uses_one_image_tag_with_aws():
@@ -308,6 +316,193 @@ def test_kuberay_exposes_nothing_and_uses_one_image_tag_with_aws():
                 assert hn is not True, name
             all_images += _images(d)
     assert all_images and set(all_images) == {image}, set(all_images)
+
+
+# ---- KubeRay against the Kubernetes schemas, and who reaches what ---------------------------------------------------
+#
+# kubernetes-validate (PyPI) ships the Kubernetes JSON schemas. Core kinds (ServiceAccount, NetworkPolicy, Service,
+# Deployment, ConfigMap, PersistentVolumeClaim) are checked as they are. The RayCluster and RayJob custom resources
+# are not: no installable package carries KubeRay's CRD schema, so their pod templates (head, worker groups, the
+# RayJob submitter) and the autoscaler sidecar's security context are checked as Kubernetes PodTemplates, strictly
+# (an unknown or misspelt field fails), and the rest of the custom resources only by the structure tests above.
+
+K8S_VERSION = "1.33"  # EKS standard support; NetworkPolicy, PodTemplate, seccompProfile are stable long before
+
+
+def _k8s_validate(obj: dict) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    try:
+        kv.validate(obj, K8S_VERSION, strict=True)
+    except kv.ValidationError as e:
+        raise AssertionError(f"{obj['kind']} {obj.get('metadata', {}).get('name')}: {e.message}") from None
+
+
+def _pod_templates() -> dict[str, dict]:
+    """Every pod template of the Ray manifests, named: the head's and each worker group's (RayCluster and RayJob),
+    and the RayJob's submitter."""
+    docs = _kube_docs()
+    out = {}
+    for fname, kind, spec_of in (("raycluster.yaml", "RayCluster", lambda d: d["spec"]),
+                                 ("rayjob.yaml", "RayJob", lambda d: d["spec"]["rayClusterSpec"])):
+        (d,) = [x for x in docs[fname] if x["kind"] == kind]
+        spec = spec_of(d)
+        out[f"{kind}/head"] = spec["headGroupSpec"]["template"]
+        for g in spec["workerGroupSpecs"]:
+            out[f"{kind}/{g['groupName']}"] = g["template"]
+        if kind == "RayJob":
+            out["RayJob/submitter"] = d["spec"]["submitterPodTemplate"]
+    (dep,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Deployment"]
+    out["Deployment/mlflow"] = dep["spec"]["template"]
+    return out
+
+
+def test_kuberay_core_kinds_pass_the_kubernetes_schemas():
+    kinds = set()
+    for name, ds in _kube_docs().items():
+        for d in ds:
+            if d["apiVersion"].startswith("ray.io/"):
+                continue  # the custom resources: their pod templates are checked below
+            _k8s_validate(d)
+            kinds.add(d["kind"])
+    assert kinds >= {"ServiceAccount", "NetworkPolicy", "Service", "Deployment", "ConfigMap", "PersistentVolumeClaim"}
+
+
+def test_kuberay_pod_templates_pass_the_kubernetes_schemas():
+    templates = _pod_templates()
+    assert len(templates) == 8  # head + 2 worker groups, twice; the submitter; MLflow
+    for name, tpl in templates.items():
+        _k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace("/", "-").lower()},
+                       "template": tpl})
+    for fname, spec_path in (("raycluster.yaml", ("spec",)), ("rayjob.yaml", ("spec", "rayClusterSpec"))):
+        (d,) = [x for x in _kube_docs()[fname] if x["apiVersion"] == "ray.io/v1"]
+        spec = d
+        for k in spec_path:
+            spec = spec[k]
+        sc = spec["autoscalerOptions"]["securityContext"]  # KubeRay copies it onto the autoscaler container
+        _k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "autoscaler"}, "template": {
+            "spec": {"containers": [{"name": "autoscaler", "image": "x", "securityContext": sc}]}}})
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_every_pod_is_non_root_without_escalation_capabilities_or_default_seccomp():
+    for name, tpl in _pod_templates().items():
+        pod = tpl["spec"]
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert not csc.get("privileged") and not csc.get("capabilities", {}).get("add"), (name, c["name"])
+            assert csc.get("runAsUser", 1000) != 0 and csc.get("runAsNonRoot", True) is True, (name, c["name"])
+
+
+def test_mlflow_runs_behind_basic_auth_with_its_own_identity_and_secrets_from_the_environment():
+    docs = _kube_docs()
+    (dep,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = c["command"] + c["args"]
+    assert "--app-name=basic-auth" in args
+    assert not any("backend-store-uri" in a or "password" in a.lower() or "://" in a and "@" in a for a in args), args
+    env = {e["name"]: e for e in c["env"]}
+    for name, (secret, key) in {"MLFLOW_AUTH_ADMIN_PASSWORD": ("mlflow-auth", "admin-password"),
+                                "MLFLOW_FLASK_SERVER_SECRET_KEY": ("mlflow-auth", "flask-secret-key")}.items():
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}, name
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("sqlite:////mlflow/")  # on the volume, no password
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    (cm,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "ConfigMap"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    (vol,) = [n for n, v in vols.items() if v.get("configMap", {}).get("name") == cm["metadata"]["name"]]
+    assert ini == f"{mounts[vol]}/basic_auth.ini" and "basic_auth.ini" in cm["data"]
+    assert "admin_password" not in cm["data"]["basic_auth.ini"]  # from the Secret, through the environment
+    assert pod["serviceAccountName"] == "nas-mlflow" and pod["automountServiceAccountToken"] is False
+    # the Ray pods record with their own MLflow user, from a Secret
+    for name, tpl in _pod_templates().items():
+        if name.endswith(("submitter", "mlflow")):
+            continue
+        for c in tpl["spec"]["containers"]:
+            renv = {e["name"]: e for e in c["env"]}
+            assert renv["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client", name
+            assert renv["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client", name
+    for f in _cluster_files():
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD: " not in f.read_text() and "admin_password =" not in f.read_text(), f
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)
+    selects ``labels``; the empty selector selects everything."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        k, op, vals = e["key"], e["operator"], e.get("values", [])
+        if (op == "Exists" and k not in labels) or (op == "DoesNotExist" and k in labels) or \
+                (op == "In" and labels.get(k) not in vals) or (op == "NotIn" and labels.get(k) in vals):
+            return False
+    return True
+
+
+def _admitted(policies: list[dict], dst: dict, src: dict, src_ns: dict | None, port: int) -> bool:
+    """Whether NetworkPolicies admit a TCP connection to pod labels ``dst`` (in the policies' namespace) from pod
+    labels ``src`` in a namespace with labels ``src_ns`` (None: the same namespace) on ``port``."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], dst)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True  # no policy isolates the pod
+    for p in selecting:
+        for rule in p["spec"].get("ingress", []):
+            if rule.get("ports") and not any(pt.get("port") == port and pt.get("protocol", "TCP") == "TCP"
+                                             for pt in rule["ports"]):
+                continue
+            for peer in rule.get("from", []):
+                if "ipBlock" in peer:
+                    continue
+                if "namespaceSelector" in peer:
+                    if not _selects(peer["namespaceSelector"], src_ns or {"kubernetes.io/metadata.name": "nas"}):
+                        continue
+                elif src_ns is not None:
+                    continue  # a bare podSelector means pods of the policy's own namespace
+                if _selects(peer.get("podSelector", {}), src):
+                    return True
+    return False
+
+
+def test_network_policies_let_only_ray_pods_and_users_reach_mlflow_and_the_dashboard():
+    policies = [d for d in _kube_docs()["networkpolicy.yaml"]]
+    assert all(d["kind"] == "NetworkPolicy" for d in policies)
+    mlflow = {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/part-of": "nas-proxyless"}
+    head = {"ray.io/cluster": "nas-proxyless", "ray.io/node-type": "head"}
+    worker = {"ray.io/cluster": "nas-proxyless", "ray.io/node-type": "worker", "ray.io/group": "gpu-spot"}
+    job_worker = {"ray.io/cluster": "nas-search-abcde", "ray.io/node-type": "worker"}  # a RayJob's own cluster
+    submitter = {"app.kubernetes.io/component": "ray-job-submitter"}
+    users_ns = {"kubernetes.io/metadata.name": "ingress-nginx", "nas-proxyless/ui-access": "true"}
+    users = {"app.kubernetes.io/name": "ingress-nginx", "nas-proxyless/ui-access": "true"}
+    operator_ns = {"kubernetes.io/metadata.name": "kuberay-system"}
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    stranger = {"app": "something-else"}
+    other_ns = {"kubernetes.io/metadata.name": "team-b"}
+    # MLflow: the Ray pods and the users' ingress, on 5000 only
+    for src in (head, worker, job_worker):
+        assert _admitted(policies, mlflow, src, None, 5000), src
+    assert _admitted(policies, mlflow, users, users_ns, 5000)
+    assert not _admitted(policies, mlflow, users, users_ns, 22)
+    for src, ns in ((stranger, None), (submitter, None), (stranger, other_ns), (users, other_ns), (head, other_ns),
+                    (operator, operator_ns)):
+        assert not _admitted(policies, mlflow, src, ns, 5000), (src, ns)
+    # the dashboard and Jobs API: Ray pods, the submitter, the KubeRay operator, the users' ingress
+    for src, ns in ((worker, None), (job_worker, None), (submitter, None), (operator, operator_ns), (users, users_ns)):
+        assert _admitted(policies, head, src, ns, 8265), (src, ns)
+    for src, ns in ((stranger, None), (stranger, other_ns), (users, other_ns), (mlflow, None)):
+        assert not _admitted(policies, head, src, ns, 8265), (src, ns)
+    # GCS and the workers: Ray pods only
+    assert _admitted(policies, head, worker, None, 6379) and _admitted(policies, worker, head, None, 10002)
+    for src, ns in ((users, users_ns), (submitter, None), (stranger, None), (mlflow, None)):
+        assert not _admitted(policies, head, src, ns, 6379), (src, ns)
+        assert not _admitted(policies, worker, src, ns, 10002), (src, ns)
+    # and nothing else in the namespace is open
+    assert not _admitted(policies, stranger, stranger, None, 80)
 
 
 def test_no_secrets_and_only_documented_placeholders_in_cluster_files():
@@ -336,56 +531,107 @@ def test_node_env_script_writes_token_and_shell_env(s3_server, tmp_path):
                        aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
     param = f"/nas-test-{os.getpid()}/ray-auth-token"
     ssm.put_parameter(Name=param, Value="f" * 64, Type="SecureString", Overwrite=True)
+    mlflow_param = f"/nas-test-{os.getpid()}/mlflow-password"
+    ssm.put_parameter(Name=mlflow_param, Value="Mlf-pw-123456", Type="SecureString", Overwrite=True)
     home = tmp_path / "home"
     home.mkdir()
     env = _script_env(s3_server, home)
     for _ in range(2):  # idempotent: a second run (ray up again) leaves one copy of each line
-        subprocess.run(["bash", str(SCRIPTS / "node-env.sh"), s3_server.region, "10.0.0.5", param], env=env,
-                       check=True, capture_output=True, timeout=60)
+        cp = subprocess.run(["bash", str(SCRIPTS / "node-env.sh"), s3_server.region, "10.0.0.5", param, mlflow_param],
+                            env=env, check=True, capture_output=True, text=True, timeout=60)
+        assert "Mlf-pw-123456" not in cp.stdout + cp.stderr
     token = home / ".ray" / "auth_token"
     assert token.read_text() == "f" * 64
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    creds = home / ".mlflow" / "credentials"  # where MLflow's client reads them: the URI carries none
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert creds.read_text() == "[mlflow]\nmlflow_tracking_username = nas\nmlflow_tracking_password = Mlf-pw-123456\n"
+    assert "Mlf-pw-123456" not in (home / ".bashrc").read_text()
     rc = (home / ".bashrc").read_text()
     assert rc.count("export RAY_AUTH_MODE=token") == 1
     assert rc.count("export MLFLOW_TRACKING_URI=http://10.0.0.5:5000") == 1
 
 
+def _cmdlines(pgid: int) -> list[str]:
+    """The command lines of the processes of process group ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_start_mlflow_script_serves_with_s3_artifacts(s3_server, tmp_path):
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_start_mlflow_script_serves_with_auth_and_s3_artifacts_and_no_secret_in_argv(s3_server, tmp_path, backend):
+    import boto3
+
     bucket = s3_server.new_bucket()
     home = tmp_path / "home"
     home.mkdir()
     port = free_port()
     env = _script_env(s3_server, home, AWS_DEFAULT_REGION=s3_server.region, MLFLOW_HOST="127.0.0.1",
                       MLFLOW_PORT=str(port), MLFLOW_WORKERS="1")
+    ssm = boto3.client("ssm", endpoint_url=s3_server.url, region_name=s3_server.region,
+                       aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+    password = f"Mlf-{os.urandom(6).hex()}"
+    base = f"/nas-test-{os.getpid()}-{backend}"
+    ssm.put_parameter(Name=f"{base}/mlflow-password", Value=password, Type="SecureString", Overwrite=True)
     pidfile = home / "mlflow" / "server.pid"
-    try:
+    with contextlib.ExitStack() as stack:
+        secrets_ = [password]
+        if backend == "postgresql":
+            pg = stack.enter_context(start_postgres())
+            pg.create_database("mlflow")
+            ssm.put_parameter(Name=f"{base}/mlflow-backend-uri", Value=pg.uri("mlflow"), Type="SecureString",
+                              Overwrite=True)
+            secrets_.append(pg.password)
+        stack.callback(_stop_script_server, pidfile)
+        refused = subprocess.run(["bash", str(SCRIPTS / "start-mlflow.sh"), f"s3://{bucket}/mlflow",
+                                  f"{base}/mlflow-backend-uri", f"{base}/no-such-password"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "does not serve without authentication" in refused.stderr
+        assert not pidfile.exists()
         cp = subprocess.run(["bash", str(SCRIPTS / "start-mlflow.sh"), f"s3://{bucket}/mlflow",
-                             f"/nas-test-{os.getpid()}/no-such-backend"], env=env, capture_output=True,
-                            text=True, timeout=110)
+                             f"{base}/mlflow-backend-uri", f"{base}/mlflow-password"], env=env, capture_output=True,
+                            text=True, timeout=150)
         assert cp.returncode == 0, cp.stdout + cp.stderr
-        assert "backend: sqlite" in cp.stdout
+        assert f"backend: {backend}" in cp.stdout and "basic auth" in cp.stdout
+        argv = _cmdlines(int(pidfile.read_text()))
+        assert any("mlflow" in a for a in argv)
+        assert not any(s in a for s in secrets_ for a in argv), argv  # no password on any command line
+        for f in ("basic_auth.ini", "flask-secret"):
+            assert stat.S_IMODE((home / "mlflow" / f).stat().st_mode) == 0o600, f
+        with pytest.raises(urllib.error.HTTPError) as e:  # no credentials: refused
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1")
+        assert e.value.code == 401
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        client = mlflow.MlflowClient(tracking_uri=f"http://nas:{password}@127.0.0.1:{port}")
         run = client.create_run(client.create_experiment("script-smoke"))
         f = tmp_path / "a.txt"
         f.write_text("x")
         client.log_artifact(run.info.run_id, str(f))
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
         assert any(k.startswith("mlflow/") and k.endswith(f"{run.info.run_id}/artifacts/a.txt") for k in keys)
-    finally:
-        if pidfile.exists():  # the script's server runs in its own session: stop exactly that group
-            pgid = int(pidfile.read_text())
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                for _ in range(50):
-                    os.killpg(pgid, 0)
-                    time.sleep(0.2)
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+
+def _stop_script_server(pidfile: Path) -> None:
+    if pidfile.exists():  # the script's server runs in its own session: stop exactly that group
+        pgid = int(pidfile.read_text())
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            for _ in range(50):
+                os.killpg(pgid, 0)
+                time.sleep(0.2)
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # ---- operator guide --------------------------------------------------------------------------------------

@@ -21,18 +21,19 @@ import pytest
 from orchestrator import tracking
 from orchestrator.faults import Faults
 from orchestrator.ray_train import ClusterSpec, load_state_uri
-from orchestrator.runs import check_existing_run
 from orchestrator.search.jobs import RanksDiverged, SearchJob, run_distributed_search
 from orchestrator.search import load_config
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import local_two_node_cluster
+from tests.test_faults import DRIVER_OVERRIDES
 from tests.test_safe_loading import _tampered
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TINY = ROOT / "configs" / "tiny.yaml"
-# 38 weight steps of a global batch of 64 (steps cost about the same at 32 or 64 images); checkpoints at 20 and 38
-OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
+# 38 weight steps of a global batch of 64 (steps cost about the same at 32 or 64 images); checkpoints at 20 and 38.
+# The driver that the driver-kill test SIGKILLs runs the same, so that its α compares with ``s3_search``'s.
+OVERRIDES = DRIVER_OVERRIDES
 
 
 def data_overrides(folder) -> tuple[str, ...]:
@@ -145,16 +146,36 @@ def test_gpu_on_a_cluster_without_gpus_is_refused_in_one_line(two_node_cluster, 
     assert not runs.exists() and not db.exists()
 
 
-def test_checkpoint_of_another_space_is_refused(tmp_path):
-    def meta(cfg) -> dict:
-        return SearchJob(cfg).run_meta()
+def test_resume_of_a_run_folder_of_another_space_or_config_is_refused(s3_search, s3_server, overrides):
+    """The same --name and storage as ``s3_search`` (a finished run with checkpoints in S3), run again with a
+    search of another space, then with one whose target differs: each is refused in one line before any worker
+    starts, and the run folder and its MLflow record are left as they were."""
+    from mlflow import MlflowClient
 
-    check_existing_run(str(tmp_path), "run", meta(load_config(TINY)), "search-meta.json")
-    check_existing_run(str(tmp_path), "run", meta(load_config(TINY)), "search-meta.json")  # the same search resumes
-    other = load_config(ROOT / "configs" / "demo.yaml")
-    with pytest.raises(ValueError, match="holds a checkpoint of space 'tiny'"):
-        check_existing_run(str(tmp_path), "run", meta(other), "search-meta.json")
-    assert json.loads((Path(tmp_path) / "run" / "search-meta.json").read_text())["space"] == "tiny"
+    res, bucket, tracking_uri = s3_search
+    s3 = s3_server.client()
+
+    def folder() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/s3-run/")["Contents"]}
+
+    before = folder()
+    spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking_uri,
+                       experiment="dist-other", max_failures=0)
+    other_space = load_config(ROOT / "configs" / "demo.yaml")
+    assert other_space.search_space.name != "tiny"
+    with pytest.raises(ValueError, match=r"^run 's3-run' in s3://\S+ holds a checkpoint of space 'tiny' ") as err:
+        run_distributed_search(other_space, spec)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^run 's3-run' in s3://\S+ was started with another config \(differs in "
+                                         r"target\); refusing to resume it") as err:
+        run_distributed_search(load_config(TINY, (*overrides, "target=0.2")), spec)
+    assert "\n" not in str(err.value)
+    assert folder() == before  # nothing written, the meta of the tiny search kept
+    meta = json.loads(s3.get_object(Bucket=bucket, Key="runs/s3-run/search-meta.json")["Body"].read())
+    assert meta["space"] == "tiny"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    assert client.get_experiment_by_name("dist-other") is None  # no run opened for either
+    assert client.get_run(res.run_id).info.status == "FINISHED"
 
 
 def test_unreachable_storage_or_tracking_fail_before_training(s3_server, tmp_path):
@@ -169,18 +190,27 @@ def test_unreachable_storage_or_tracking_fail_before_training(s3_server, tmp_pat
 
 
 def test_resume_from_a_tampered_checkpoint_in_storage_is_refused(s3_search, s3_server, tmp_path, overrides):
-    """Ray Train hands the workers the run's latest checkpoint; a payload planted there never runs."""
+    """Ray Train hands the workers the run's latest checkpoint; a payload planted there never runs. The payload goes
+    into a copy of ``s3_search``'s run folder, so the module's other tests see the run as it finished."""
     res, bucket, tracking = s3_search
-    key = res.checkpoint_path.split(f"{bucket}/", 1)[1] + "/search_state.pt"
+    s3 = s3_server.client()
+    for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/s3-run/")["Contents"]:
+        if not o["Key"].endswith("/mlflow-run.json"):  # the copy gets its own MLflow run
+            s3.copy_object(Bucket=bucket, CopySource={"Bucket": bucket, "Key": o["Key"]},
+                           Key=o["Key"].replace("runs/s3-run/", "runs/tampered/", 1))
+    latest = res.checkpoint_path.split(f"{bucket}/runs/s3-run/", 1)[1]
+    key = f"runs/tampered/{latest}/search_state.pt"
+    original = s3.get_object(Bucket=bucket, Key=key.replace("runs/tampered/", "runs/s3-run/", 1))["Body"].read()
     sentinel = tmp_path / "sentinel"
-    s3_server.client().put_object(Bucket=bucket, Key=key,
-                                  Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
-    spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking,
-                       experiment="dist-test", max_failures=0, resume=True)
+    s3.put_object(Bucket=bucket, Key=key, Body=_tampered(tmp_path / "evil.pt", sentinel, "torch").read_bytes())
+    spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="tampered", tracking_uri=tracking,
+                       experiment="dist-tampered", max_failures=0, resume=True)
     with pytest.raises(RuntimeError, match="refused") as err:
         run_distributed_search(load_config(TINY, overrides), spec, consistency_every=1)
     assert "\n" not in str(err.value)
     assert not sentinel.exists()
+    # the uninterrupted run's own checkpoint is untouched
+    assert s3.get_object(Bucket=bucket, Key=key.replace("runs/tampered/", "runs/s3-run/", 1))["Body"].read() == original
 
 
 # ---- more faults, each at a known step --------------------------------------------------------------------------
@@ -292,9 +322,10 @@ def test_diverged_rank_fails_the_run_loudly_and_is_not_retried(two_node_cluster,
     assert run.info.status == "FAILED" and "rank(s) [1]" in run.data.tags["nas.failure"]
 
 
-def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tmp_path, digits_jpegs):
+def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, s3_search, tmp_path, digits_jpegs):
     """The driver process is SIGKILLed while its search stands at step 30; the same command resumes from the
-    checkpoint at step 20 and continues the same MLflow run, every curve point recorded once."""
+    checkpoint at step 20, continues the same MLflow run, every curve point recorded once, and ends on exactly the
+    uninterrupted run's α and architecture (``s3_search``: the same config, data and world size)."""
     from mlflow import MlflowClient
 
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path}/m.db"
@@ -317,6 +348,8 @@ def test_killed_driver_resumes_and_continues_its_mlflow_run(two_node_cluster, tm
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
     out = json.loads(second.stdout.strip().splitlines()[-1])
     assert out["resumed_from_step"] == 20 and out["run_id"] == run_id
+    baseline = s3_search[0].search
+    assert out["alpha_fingerprint"] == baseline["alpha_fingerprint"] and out["arch"] == baseline["arch"]
     (run,) = client.search_runs([client.get_experiment_by_name("dist-driver").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.tags["nas.driver_restarts"] == "1" and run.data.tags["nas.arch"] == out["arch"]

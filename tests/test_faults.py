@@ -23,14 +23,15 @@ from orchestrator.ray_train import ClusterSpec
 from orchestrator.runs import tracked_run
 from orchestrator.search import load_config, resolve_latency, run_search
 from orchestrator.search.jobs import RanksDiverged, check_consistency, run_distributed_search
-from orchestrator.search.state import init_state, load_state_dict, state_dict
+from orchestrator.search.state import (alpha_fingerprint, init_state, load_state_dict, path_fingerprint,
+                                       state_dict)
 from orchestrator.train.checkpoint import seed_rank
 from orchestrator.train.runtime import DistComm, Runtime, bn_buffers
 from tests.conftest import ROOT
 from tests.servers import free_port
 
 TINY = ROOT / "configs" / "tiny.yaml"
-# as tests/test_distributed.py's OVERRIDES
+# tests/test_distributed.py's OVERRIDES: 38 steps, checkpoints at 20 and 38
 DRIVER_OVERRIDES = ("epochs=2", "weight.batch_size=64", "arch.batch_size=64", "checkpoint_every=20", "log_every=1")
 
 
@@ -63,7 +64,12 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
             got["names"] = _bn_names(state.supernet)
             got["spe"] = state.steps_per_epoch
 
-        run_search(cfg, rt=rt, checkpoint=checkpoint, warmup_only=True)  # the warm-up, one checkpoint
+        def check(state) -> None:  # the check search_worker runs, on the paths this rank really sampled
+            check_consistency(rt.comm, alpha_fingerprint(state), path_fingerprint(state.paths), state.step)
+            got.setdefault("checked", []).append(state.step)
+
+        # the warm-up, one checkpoint; every step checked: ranks sampling with one seed agree
+        run_search(cfg, rt=rt, checkpoint=checkpoint, after_step=check, warmup_only=True)
         saved = got["saved"]
         # a resumed rank: another random state first, then the checkpoint restores this rank's own
         torch.manual_seed(1000 + rank)
@@ -71,15 +77,21 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         load_state_dict(fresh, saved)
         restored_own = torch.get_rng_state().equal(saved["rng"][rank]["cpu"])
         restored_all = rt.comm.gather(restored_own)
+        # rank 1 samples its paths with another seed (the only difference): its gradients then belong to other
+        # candidates, and the run must stop on every rank alike, naming rank 1, not abort in gloo
+        other = load_config(TINY, ("weight.batch_size=64", f"seed={cfg.seed + rank}"))
+        seed_rank(cfg.seed, rank)
+        got["at"] = []
         try:
-            check_consistency(rt.comm, "same-alpha", f"paths-of-rank-{min(rank, 1)}", step=7)
+            run_search(other, rt=rt, after_step=lambda s: got["at"].append(s.step), warmup_only=True)
             diverged = None
         except RanksDiverged as e:
             diverged = str(e)
         if rank == 0:
             torch.save({"per_rank": got["per_rank"], "saved_bn": [saved["model"][k] for k in got["names"]],
                         "names": got["names"], "rng": [r["cpu"] for r in saved["rng"]],
-                        "restored": restored_all, "diverged": diverged}, out)
+                        "restored": restored_all, "diverged": diverged, "checked": got["checked"],
+                        "diverged_after": got["at"]}, out)
     finally:
         dist.destroy_process_group()
 
@@ -112,9 +124,14 @@ def test_each_rank_saves_and_restores_its_own_random_state(two_ranks):
 
 @pytest.mark.slow
 def test_ranks_that_sampled_different_paths_are_named(two_ranks):
+    # with one seed every step of the warm-up passed the check of α and paths (19 steps)
+    assert two_ranks["checked"][:19] == list(range(1, 20))
+    # with another seed on rank 1 the first step's gradient reduction already differs: stopped there, on both
+    # ranks (rank 0 reports it), naming rank 1
     msg = two_ranks["diverged"]
     assert msg is not None and "\n" not in msg
-    assert msg.startswith("sampled paths diverged across ranks at step 7: rank(s) [1] differ from rank 0"), msg
+    assert two_ranks["diverged_after"] == []
+    assert msg.startswith("ranks reduce different tensors: rank(s) [1] hold "), msg
 
 
 # ---- the MLflow run of a run folder, and rank 0's metric sink (no Ray) ------------------------------------------------

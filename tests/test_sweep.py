@@ -1,12 +1,16 @@
 """Sweeps end to end on the tiny space against a real MLflow server (SQLite backend, artifacts on moto S3): a driver
-killed mid-sweep, resumed without repeating finished trials; runs, nesting, lineage tags, artifacts and Pareto plots;
+killed mid-sweep (its storage on moto S3), pickle payloads planted in that storage, then resumed without repeating
+finished trials and without running the payloads; runs, nesting, lineage tags, artifacts and Pareto plots;
 ``nas pareto`` reading them back; and the refusals that come before any compute."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -20,8 +24,11 @@ import yaml  # noqa: TID253
 from orchestrator.latency.kit import write_kit
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
+from orchestrator.sweep.config import draw_points
+from orchestrator.sweep.runner import _check_finished, _recorded_points
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
+from tests.test_safe_loading import Payload
 
 TINY = ROOT / "configs" / "tiny.yaml"
 TARGETS = [0.08, 0.14]
@@ -77,6 +84,50 @@ def test_sweep_config_is_typed(tmp_path):
         load_sweep(cfg, ["retrain.epochs=0"])
 
 
+@pytest.mark.slow
+def test_resume_refuses_a_record_of_another_config_or_with_other_points(tmp_path):
+    """The sweep's JSON record is checked before anything runs: a sweep started with another config, or a record
+    whose points are not its grid's, is refused in one line; nothing else is written to its storage."""
+    cfg = write_sweep(tmp_path / "s.yaml", "rec", tmp_path / "runs", f"sqlite:///{tmp_path}/m.db")
+    stored = json.loads(json.dumps(load_sweep(cfg).to_dict()))
+    record = tmp_path / "runs" / "rec" / "sweep-meta.json"
+    record.parent.mkdir(parents=True)
+    for config, points, says in (
+            ({**stored, "max_concurrent_trials": 2}, [], "was started with another config"),
+            (stored, [{"hardware": "flops", "target": 0.5, "seed": 1}], "holds other points than its grid")):
+        record.write_text(json.dumps({"config": config, "parent_run_id": "0" * 32, "warmups": {},
+                                      "points": points, "finished": {}}))
+        assert_one_line_error(run_nas("sweep", "--config", str(cfg), "--num-cpus", "1"), "sweep 'rec'", says,
+                              "refusing to resume it")
+    assert sorted(p.name for p in (tmp_path / "runs" / "rec").iterdir()) == ["sweep-meta.json"]
+
+
+def test_a_sampled_grid_is_drawn_once_and_its_record_checked_on_resume(tmp_path):
+    """A sampled grid's targets are drawn by the driver (distinct, in range, per hardware and seed) and recorded, so
+    a resume runs the same points; a recorded point outside the grid, or a finished point that is not one of the
+    points or lacks its report's values, is refused."""
+    grid = [{"hardware": "flops", "targets": {"loguniform": [0.07, 0.2], "samples": 3}}]
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", "drawn", tmp_path / "runs", "sqlite:///x.db", grid=grid,
+                                   seeds=[1, 2]))
+    points = draw_points(sweep, [1, 2], random.Random(0))
+    assert len(points) == 6 and len({p.key for p in points}) == 6 and {p.seed for p in points} == {1, 2}
+    assert all(0.07 <= p.target <= 0.2 for p in points)
+    meta = {"config": sweep.to_dict(), "parent_run_id": "0" * 32, "points": [dataclasses.asdict(p) for p in points]}
+    assert _recorded_points(sweep, json.loads(json.dumps(meta)), [], [1, 2]) == points
+    report = {"hardware": "flops", "unit": "MMAC", "arch": "tiny:x", "target": points[0].target,
+              "measured_latency": 0.1, "search_worker_seconds": 9.0, "measure_seconds": 0.5, "val_accuracy": None}
+    _check_finished(sweep, {"finished": {points[0].key: report}}, points)
+    for bad in ({"nope": report}, {points[0].key: {**report, "measured_latency": "0.1"}}):
+        with pytest.raises(ValueError, match="holds a finished point that is not one of its points or has no report"):
+            _check_finished(sweep, {"finished": bad}, points)
+    meta["points"][0]["target"] = 0.5
+    with pytest.raises(ValueError, match="holds a point outside the grid: flops-t0.5-s"):
+        _recorded_points(sweep, meta, [], [1, 2])
+    narrow = sweep.replace(grid=(dataclasses.replace(sweep.grid[0], low=0.1, high=0.100001, samples=5),))
+    with pytest.raises(ValueError, match=r"too narrow for 5 distinct targets"):
+        draw_points(narrow, [1], random.Random(0))
+
+
 # ---- the whole pipeline, interrupted and resumed --------------------------------------------------------------
 
 def _runs(client, exp_id: str, kind: str):
@@ -90,43 +141,121 @@ def _start(cfg: Path, env: dict, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+# What an attacker with write access to the sweep's storage would plant for a driver that restores Tune's state:
+# the Tuner, the experiment state (JSON whose cloudpickle blobs Tune expands on restore) and any other pickle.
+TUNE_STATE = "tune/experiment_state-2026-01-01_00-00-00.json"
+PLANTED = ("tune/tuner.pkl", "tune/trainable.pkl", "tune/experiment_state-2026-01-01_00-00-00.pkl", TUNE_STATE)
+
+
+def plant_payloads(s3, bucket: str, prefix: str, sentinel: Path) -> list[str]:
+    """Overwrite every ``*.pkl`` and ``experiment_state*`` object under ``prefix`` and plant Tune's own state files
+    (``PLANTED``), each carrying a payload that writes ``sentinel`` when unpickled. Returns the keys written."""
+    blob = pickle.dumps(Payload(sentinel))
+    state = json.dumps({"runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": blob.hex()},
+                        "trial_data": [[{"_type": "CLOUDPICKLE_FALLBACK", "value": blob.hex()}, "{}"]]}).encode()
+    found = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])]
+    keys = sorted({k for k in found if k.endswith(".pkl") or "experiment_state" in k}
+                  | {f"{prefix}/{rel}" for rel in PLANTED})
+    for k in keys:
+        s3.put_object(Bucket=bucket, Key=k, Body=state if k.endswith(".json") else blob)
+    return keys
+
+
+def unpickle_planted(s3, bucket: str, key: str) -> None:
+    """What a restore of Tune's state does with a planted object: ``pickle.loads`` it, or the blobs of its JSON."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    if not key.endswith(".json"):
+        pickle.loads(body)
+        return
+    def expand(obj):
+        if isinstance(obj, dict):
+            if obj.get("_type") == "CLOUDPICKLE_FALLBACK":
+                return pickle.loads(bytes.fromhex(obj["value"]))
+            return {k: expand(v) for k, v in obj.items()}
+        return [expand(v) for v in obj] if isinstance(obj, list) else obj
+    expand(json.loads(body))
+
+
+def test_planted_payloads_run_when_unpickled(s3_server, tmp_path):
+    """Positive control: every object ``plant_payloads`` writes runs its payload when unpickled, so the sentinel's
+    absence after a resume means the resume unpickled none of them."""
+    s3 = s3_server.client()
+    bucket = s3_server.new_bucket()
+    s3.put_object(Bucket=bucket, Key="sweeps/s/tune/run_abc/params.pkl", Body=pickle.dumps({"lr": 0.1}))
+    s3.put_object(Bucket=bucket, Key="sweeps/s/sweep-meta.json", Body=b"{}")
+    sentinel = tmp_path / "sentinel"
+    keys = plant_payloads(s3, bucket, "sweeps/s", sentinel)
+    assert "sweeps/s/tune/run_abc/params.pkl" in keys and "sweeps/s/sweep-meta.json" not in keys
+    assert {f"sweeps/s/{rel}" for rel in PLANTED} <= set(keys)
+    for k in keys:
+        sentinel.unlink(missing_ok=True)
+        unpickle_planted(s3, bucket, k)
+        assert sentinel.read_text() == "pwned", k
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumedSweep:
+    name: str
+    server: object  # the MLflow server
+    first_retrain: str  # the first trial's retrain run, finished before the driver was killed
+    out: str  # the resumed command's stdout
+    bucket: str  # the sweep's storage: s3://bucket/sweeps/<name>
+    planted: tuple[str, ...]  # the payload objects planted before the resume
+    sentinel: Path  # written by any payload that runs
+
+
 @pytest.fixture(scope="module")
-def resumed_sweep(mlflow_server, tmp_path_factory):
-    """A 2-trial sweep whose driver (and its private Ray) is killed once the first trial has finished, then the
-    same command again. Returns (experiment name, server, first trial's retrain run id, logs)."""
+def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
+    """A 2-trial sweep, its storage on S3, whose driver (and its private Ray) is SIGKILLed under default settings
+    once the first trial has finished and been recorded; pickle payloads planted in its storage; then the same
+    command again."""
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("sweep")
     name = "sweep-test"
-    cfg = write_sweep(tmp / "sweep.yaml", name, tmp / "runs", mlflow_server.tracking_uri)
+    bucket = s3_server.new_bucket()
+    cfg = write_sweep(tmp / "sweep.yaml", name, f"s3://{bucket}/sweeps", mlflow_server.tracking_uri)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **s3_server.env(), "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    s3 = s3_server.client()
+
+    def recorded() -> dict:
+        try:
+            return json.loads(s3.get_object(Bucket=bucket, Key=f"sweeps/{name}/sweep-meta.json")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return {}
+
     proc = _start(cfg, env, tmp / "first.log")
     first_retrain = None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name(name)
-            if exp is not None:
+            if exp is not None and recorded().get("finished"):
                 done = [r for r in _runs(client, exp.experiment_id, "retrain") if r.info.status == "FINISHED"
                         and r.data.tags.get("nas.point") == "search"]
                 searches = _runs(client, exp.experiment_id, "search")
-                if done and len(searches) >= 2:  # trial 1 finished, trial 2 under way: kill the driver now
+                if done and len(searches) >= 2:  # trial 1 finished and recorded, trial 2 under way: kill now
                     first_retrain = done[0].info.run_id
                     break
             time.sleep(1)
         assert first_retrain, f"first trial did not finish in time:\n{(tmp / 'first.log').read_text()[-3000:]}"
+        # a crash, under default settings: SIGKILL, no SIGTERM first (Ray would turn that into a clean exit)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
     finally:
-        _stop_group(proc, grace=0.1, marker=ray_tmp)
+        _stop_group(proc, grace=0.1, marker=ray_tmp)  # whatever outlived the kill, or the driver after a failure
+    sentinel = tmp / "sentinel"
+    planted = plant_payloads(s3_server.client(), bucket, f"sweeps/{name}", sentinel)
     second = subprocess.run([str(Path(sys.executable).parent / "nas"), "sweep", "--config", str(cfg)], env=env,
                             capture_output=True, text=True, timeout=300)
     for pid in _pids_mentioning(ray_tmp):  # anything of the killed driver's Ray that outlived its group
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
-    return name, mlflow_server, first_retrain, second.stdout
+    return ResumedSweep(name, mlflow_server, first_retrain, second.stdout, bucket, tuple(planted), sentinel)
 
 
 @pytest.mark.slow
@@ -134,7 +263,8 @@ def resumed_sweep(mlflow_server, tmp_path_factory):
 def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_server, tmp_path):
     from mlflow import MlflowClient
 
-    name, server, first_retrain, out = resumed_sweep
+    name, server, first_retrain, out = resumed_sweep.name, resumed_sweep.server, resumed_sweep.first_retrain, \
+        resumed_sweep.out
     assert "(resumed)" in out and "2 trial(s) finished, 0 failed" in out
     client = MlflowClient(tracking_uri=server.tracking_uri)
     exp = client.get_experiment_by_name(name)
@@ -199,6 +329,62 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     series = summary["hardware"]["flops"]["series"][name]
     assert len(series["points"]) == 2 + len(fronts) and series["front"] and series["hypervolume"] > 0
     assert sum(p["point"] == "front" for p in series["points"]) == len(fronts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_resumed_sweep_never_unpickles_its_storage(resumed_sweep, s3_server):
+    """Pickle payloads planted in the sweep's storage (Tune's tuner.pkl and experiment state where a Tune restore
+    reads them, and every pickle there) never run: the resume reads only the sweep's JSON record, skips the point
+    recorded as finished, and runs the other on a fresh Tuner."""
+    from mlflow import MlflowClient
+
+    r = resumed_sweep
+    assert f"sweeps/{r.name}/tune/tuner.pkl" in r.planted
+    assert not r.sentinel.exists(), "a payload planted in the sweep's storage ran in the resumed driver"
+    assert "(resumed)" in r.out and "2 trial(s) finished, 0 failed" in r.out
+    client = MlflowClient(tracking_uri=r.server.tracking_uri)
+    exp = client.get_experiment_by_name(r.name)
+    first_key = client.get_run(r.first_retrain).data.tags["nas.trial"]
+    # the point finished before the kill was not run again: one search and one retrain for it, in all
+    assert len([s for s in _runs(client, exp.experiment_id, "search") if s.data.tags["nas.trial"] == first_key]) == 1
+    assert len([s for s in _runs(client, exp.experiment_id, "retrain") if s.data.tags["nas.trial"] == first_key
+                and s.data.tags["nas.point"] == "search"]) == 1
+    # the sweep's record: plain JSON in storage and on the parent run, every point finished with its report
+    s3 = s3_server.client()
+    record = json.loads(s3.get_object(Bucket=r.bucket, Key=f"sweeps/{r.name}/sweep-meta.json")["Body"].read())
+    assert sorted(p["target"] for p in record["points"]) == TARGETS and first_key in record["finished"]
+    assert sorted(t["target"] for t in record["finished"].values()) == TARGETS
+    assert record["finished"][first_key]["retrain_run_id"] == r.first_retrain
+    (parent,) = _runs(client, exp.experiment_id, "sweep")
+    with tempfile.TemporaryDirectory() as d:
+        copy = json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep-record.json", d)).read_text())
+    assert copy["finished"] == record["finished"] and copy["parent_run_id"] == parent.info.run_id
+    # Tune's own state was never written to the sweep's storage: what lies there under tune/ is what was planted
+    tune_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=r.bucket, Prefix=f"sweeps/{r.name}/tune").get(
+        "Contents", [])}
+    assert tune_keys == {f"sweeps/{r.name}/{rel}" for rel in PLANTED}
+
+
+@pytest.mark.slow
+def test_a_real_sweep_folder_refuses_another_space_or_config(resumed_sweep, s3_server, tmp_path):
+    """The folder of a real sweep (``resumed_sweep``'s, on S3), run again under its name and storage with a search
+    of another space, then with another grid: each refused in one line, and nothing in its storage changes."""
+    name, bucket = resumed_sweep.name, resumed_sweep.bucket
+    s3 = s3_server.client()
+
+    def folder() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"sweeps/{name}/")["Contents"]}
+
+    before = folder()
+    env = s3_server.env()
+    storage, uri = f"s3://{bucket}/sweeps", resumed_sweep.server.tracking_uri
+    for changed in ({"search": str(ROOT / "configs" / "demo.yaml")},  # another space (demo's, not tiny)
+                    {"grid": [{"hardware": "flops", "targets": [0.09, 0.14], "front": FRONT}]}):
+        cfg = write_sweep(tmp_path / "again.yaml", name, storage, uri, **changed)
+        assert_one_line_error(run_nas("sweep", "--config", str(cfg), env=env), f"sweep {name!r}",
+                              "was started with another config", "refusing to resume it")
+    assert folder() == before
 
 
 def test_retrain_refuses_bad_input_before_ray(tmp_path):

@@ -14,6 +14,7 @@ import sys
 import click  # noqa: TID253 (the CLI is click; the core imports without it)
 
 from orchestrator.ray_session import quiet_ray_env
+from orchestrator.redact import install as install_redaction, redact
 
 
 class UserError(click.ClickException):
@@ -30,6 +31,7 @@ def app(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic"):  # their INFO lines (database set-up) are not the user's business
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    install_redaction()  # no credential (a tracking URI's password) in any log line, the project's or MLflow's
 
 
 def _register() -> None:
@@ -54,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {redact(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except (ValueError, OSError, KeyError, RuntimeError) as e:  # RuntimeError: a failed Ray run, said in one line
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
         click.echo(f"error: {msg}", err=True)
         if os.environ.get("NAS_DEBUG"):
             raise

@@ -18,6 +18,7 @@ from orchestrator.latency.profiles import DEFAULT_RUNTIME, latency_model, load_t
 from orchestrator.metrics import describe
 from orchestrator.netconfig import load_arch
 from orchestrator.network import build_net
+from orchestrator.redact import redact
 from orchestrator.spaces import get_space
 from orchestrator.state_io import load_state
 
@@ -148,9 +149,9 @@ def _load_mlflow(run_id: str, tracking_uri: str | None) -> tuple[dict, str]:
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ValueError(f"no MLflow store at {uri} (give --tracking-uri)")
+        raise ValueError(f"no MLflow store at {redact(uri)} (give --tracking-uri)")
     tracking.check_tracking_uri(uri)
-    where = f"MLflow run {run_id} at {uri}"
+    where = f"MLflow run {run_id} at {redact(uri)}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = tracking.client(uri).download_artifacts(run_id, "result.json", tmp)

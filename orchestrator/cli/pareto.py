@@ -9,6 +9,7 @@ import click  # noqa: TID253
 from orchestrator import tracking
 from orchestrator.cli import app
 from orchestrator.sweep.report import compare_fronts
+from orchestrator.redact import redact
 
 
 @app.command("pareto")
@@ -23,7 +24,7 @@ def pareto(experiments: tuple[str, ...], out_dir: str, tracking_uri: str | None)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ValueError(f"no MLflow store at {uri} (reading fronts creates nothing)")
+        raise ValueError(f"no MLflow store at {redact(uri)} (reading fronts creates nothing)")
     rep = compare_fronts(uri, list(experiments), out_dir)
     for hw, s in rep.summary.items():
         for exp, f in s["series"].items():

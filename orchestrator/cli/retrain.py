@@ -10,6 +10,7 @@ from orchestrator.netconfig import load_arch
 from orchestrator.retrain.config import load_retrain_config
 from orchestrator.retrain.jobs import run_retrain
 from orchestrator.retrain.local import retrain_here
+from orchestrator.redact import redact
 
 
 @app.command("retrain")
@@ -36,7 +37,7 @@ def retrain(arch: str, config_path: str, overrides: tuple[str, ...], out_dir: st
                            experiment=kw["experiment"], name=kw["name"], parent_run_id=parent, tags=dict(tags))
         click.echo(f"result: {out_dir}/retrain.json")
     if res.run_id is not None:
-        click.echo(f"mlflow: run {res.run_id} at {res.tracking_uri}")
+        click.echo(f"mlflow: run {res.run_id} at {redact(res.tracking_uri)}")
     click.echo(f"arch: {res.arch}")
     if res.resumed_from_step:
         click.echo(f"resumed from step {res.resumed_from_step}")

@@ -13,6 +13,7 @@ from orchestrator.export import atomic_write_bytes
 from orchestrator.search.config import load_config
 from orchestrator.search.jobs import run_distributed_search
 from orchestrator.search.local import RESULT, search_here
+from orchestrator.redact import redact
 
 
 @app.command("search")
@@ -44,5 +45,5 @@ def search(config_path: str, overrides: tuple[str, ...], out_dir: str, **kw) -> 
         click.echo(f"alpha fingerprint on every rank: {s['alpha_fingerprint']}")
         click.echo(f"checkpoint: {res.checkpoint_path}")
     if res.run_id is not None:
-        click.echo(f"mlflow: run {res.run_id} at {res.tracking_uri}")
+        click.echo(f"mlflow: run {res.run_id} at {redact(res.tracking_uri)}")
     click.echo(f"result: {Path(out_dir) / RESULT}")

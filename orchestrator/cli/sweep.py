@@ -6,6 +6,7 @@ import click  # noqa: TID253
 
 from orchestrator.cli import app
 from orchestrator.sweep import load_sweep, run_sweep
+from orchestrator.redact import redact
 
 
 @app.command("sweep")
@@ -35,6 +36,6 @@ def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num
     click.echo(f"sweep {res.name}: {len(res.trials)} trial(s) finished, {len(res.errors)} failed"
                f"{' (resumed)' if res.resumed else ''}; {res.wall_seconds:.0f} s wall, "
                f"{res.worker_seconds:.0f} worker-seconds")
-    click.echo(f"mlflow: experiment {res.name}, parent run {res.parent_run_id} at {res.tracking_uri}")
+    click.echo(f"mlflow: experiment {res.name}, parent run {res.parent_run_id} at {redact(res.tracking_uri)}")
     if res.errors:
         raise click.ClickException(f"{len(res.errors)} trial(s) failed: {res.errors[0]}")

@@ -31,7 +31,7 @@ from orchestrator.runs import RunInfo
 from orchestrator.search.config import SearchConfig, config_from_dict
 from orchestrator.search.loop import check_target, open_data, resolve_latency, run_search, search_feeds
 from orchestrator.search.state import SearchState, alpha_fingerprint, path_fingerprint, state_dict
-from orchestrator.train.runtime import Comm, Precision, Runtime
+from orchestrator.train.runtime import Comm, Precision, RanksDiverged, Runtime
 
 __all__ = ["CHECKPOINT_FILE", "RanksDiverged", "SearchJob", "SearchRun", "run_distributed_search",
            "default_run_name", "check_consistency", "log_search_result", "alpha_table_csv", "cost_metrics"]
@@ -39,10 +39,6 @@ __all__ = ["CHECKPOINT_FILE", "RanksDiverged", "SearchJob", "SearchRun", "run_di
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "search_state.pt"
-
-
-class RanksDiverged(RuntimeError):
-    """Ranks no longer run one search (α or the sampled paths differ). Never retried silently."""
 
 
 def check_consistency(comm: Comm, alpha_fp: str, path_fp: str, step: int) -> list[str]:
@@ -185,7 +181,7 @@ def search_worker(config: dict) -> dict:
     warm = load_state_uri(job["warm_start"]) if w.resume is None and job["warm_start"] else None
     checks: list[tuple[int, list[str]]] = []  # (step, per-rank α fingerprints) of every consistency check
     # a resumed group replays the steps after its checkpoint: those already recorded are not logged twice
-    logged = tracking.logged_steps(config["tracking_uri"], config["run_id"], "entropy") \
+    logged = tracking.logged_steps(w.sink.uri, config["run_id"], "entropy") \
         if w.sink is not None and restored else set()
     odd = min(1, rt.world - 1)  # the rank that fault injection hits
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from orchestrator.latency.hardware import default_profile
 from orchestrator.search.config import load_config
 from orchestrator.search.loop import resolve_latency
 from orchestrator.latency.profiles import RUNTIMES
+from orchestrator.redact import redact_obj
 from orchestrator.retrain.config import RetrainConfig, retrain_config_from_dict
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,9 @@ class SweepConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        """The sweep as it is recorded (MLflow parameters, ``sweep-meta.json``) and matched on resume: plain data,
+        credentials in its tracking URI masked."""
+        return redact_obj(to_dict(self))
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -327,4 +332,33 @@ def resolve_points(sweep: SweepConfig, info: Mapping[str, HardwareInfo], default
         for t in (*targets, *g.front):
             _check_target(hw, t, space)
         points += [TrialPoint(g.hardware, t, s) for s in seeds for t in targets]
+    return points
+
+
+def draw_target(g: HardwareGrid, rng: random.Random) -> float:
+    """One target from ``g``'s distribution (units differ per hardware, so each hardware has its own range)."""
+    if g.distribution == "loguniform":
+        return round(math.exp(rng.uniform(math.log(g.low), math.log(g.high))), 6)
+    return round(rng.uniform(g.low, g.high), 6)
+
+
+def draw_points(sweep: SweepConfig, seeds: Sequence[int], rng: random.Random | None = None) -> list[TrialPoint]:
+    """A sampled grid's trials: ``samples`` targets per hardware and seed, drawn once when the sweep starts and
+    recorded with it, so a resumed sweep runs the same points. Targets are distinct per hardware and seed (their
+    keys name the trials' run folders)."""
+    rng = rng or random.Random()
+    points: list[TrialPoint] = []
+    keys: set[str] = set()
+    for _ in range(sweep.grid[0].samples):
+        for g in sweep.grid:
+            for seed in seeds:
+                for _try in range(1000):
+                    p = TrialPoint(g.hardware, draw_target(g, rng), seed)
+                    if p.key not in keys:
+                        break
+                else:
+                    raise ValueError(f"grid[{g.hardware}]: [{g.low:g}, {g.high:g}] is too narrow for {g.samples} "
+                                     f"distinct targets")
+                keys.add(p.key)
+                points.append(p)
     return points

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.pareto import PUBLISHED_REFERENCE, Point, plot_fronts, reference_latency, summarize_front
+from orchestrator.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def experiment_points(uri: str, experiment: str) -> dict[str, list[Point]]:
                 "latency_source": t.get("nas.latency_source", "measured")}
         out.setdefault(hw, []).append(Point(m["measured_latency"], 1.0 - m[acc_key], t.get("nas.arch", ""), meta))
     if not out:
-        raise ValueError(f"experiment {experiment!r} at {uri} has no finished run with a measured latency "
+        raise ValueError(f"experiment {experiment!r} at {redact(uri)} has no finished run with a measured latency "
                          f"(is it a sweep?)")
     return out
 
@@ -77,6 +78,6 @@ def compare_fronts(uri: str, experiments: Sequence[str], out_dir: str | Path, ti
         heading = f"{title}: Pareto front on {hw}" if title else f"Pareto front on {hw}"
         plots.append(plot_fronts(series, out / f"pareto-{hw}.png", heading, unit, reference))
     json_path = out / "pareto.json"
-    json_path.write_text(json.dumps({"tracking_uri": uri, "experiments": list(experiments), "hardware": summary},
+    json_path.write_text(json.dumps({"tracking_uri": redact(uri), "experiments": list(experiments), "hardware": summary},
                                     indent=1, default=str))
     return FrontReport(summary, tuple(plots), json_path)

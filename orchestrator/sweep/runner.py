@@ -1,9 +1,16 @@
 """The sweep driver: checks, one shared warm-up per seed, the Tune sweep (or its resumption), Pareto fronts.
 
 Order matters for cost: everything that can fail cheaply (config, tables, targets against the space's reachable
-range, tracking, storage, cluster resources) fails before any training; the warm-up runs once and its state is
-recorded in ``sweep-meta.json`` beside Tune's own state, so a resumed sweep neither repeats the warm-up nor a
-finished trial, and reuses the same MLflow parent run.
+range, tracking, storage, cluster resources) fails before any training; the warm-up runs once.
+
+The sweep's own record is plain JSON: ``sweep-meta.json`` in the sweep's storage folder (and a copy,
+``sweep-record.json``, on the MLflow parent run) holds its config, its points (a sampled grid's targets are drawn
+once, here), the warm-ups, the parent run and each finished point with its final report, written by the driver as
+each trial reports it. A resume validates that record, skips the finished points (their reports are reused), and
+runs only the others on a fresh ``tune.Tuner`` whose experiment lives in a private temporary folder of the driver:
+nothing of Tune's (``tuner.pkl``, experiment state, pickled errors) is ever read from the sweep's storage, so
+whoever can write that storage cannot run code in the driver. Each trial's search and retrain resume from their
+own ``weights_only`` checkpoints (stable run names, ``sweep/trial.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections.abc import Callable
 
 from orchestrator import storage as st
 from orchestrator import tracking
@@ -24,16 +32,21 @@ from orchestrator.cluster_checks import check_resources, check_storage, per_work
 from orchestrator.lease import acquire_lease, takeover_line
 from orchestrator.ray_session import ray_session
 from orchestrator.ray_train import ClusterSpec
+from orchestrator.redact import redact
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import run_distributed_search
-from orchestrator.sweep.config import SweepConfig, TrialPoint, base_config, hardware_info, resolve_points
+from orchestrator.sweep.config import (SweepConfig, TrialPoint, base_config, draw_points, hardware_info,
+                                       resolve_points)
 from orchestrator.sweep.measure import check_hardware_available
 from orchestrator.sweep.report import compare_fronts
-from orchestrator.sweep.trial import TrialContext, draw_target, sweep_trial
+from orchestrator.sweep.trial import TrialContext, sweep_trial
+
+__all__ = ["SweepResult", "run_sweep", "sweep_cluster", "check_cluster", "META_FILE", "RECORD_ARTIFACT"]
 
 log = logging.getLogger(__name__)
 
-META_FILE = "sweep-meta.json"
+META_FILE = "sweep-meta.json"  # the sweep's record in its storage folder (JSON only)
+RECORD_ARTIFACT = "sweep-record.json"  # the same record, as an artifact of the sweep's MLflow parent run
 TUNE_NAME = "tune"
 
 
@@ -61,28 +74,127 @@ class SweepResult:
 def _meta_io(storage: str, name: str):
     loc = st.resolve(storage)
     rel = f"{name}/{META_FILE}"
-    read = lambda: json.loads(st.read_bytes(loc, rel)) if st.exists(loc, rel) else None  # noqa: E731
-    write = lambda meta: st.publish_bytes(loc, rel, json.dumps(meta, indent=1).encode())  # noqa: E731
+
+    def read() -> dict | None:
+        if not st.exists(loc, rel):
+            return None
+        try:
+            meta = json.loads(st.read_bytes(loc, rel))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"sweep {name!r}: its record {loc.uri_of(rel)} is not valid JSON; refusing to resume "
+                             f"it: choose another name") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"sweep {name!r}: its record {loc.uri_of(rel)} is not a JSON object; refusing to "
+                             f"resume it: choose another name")
+        return meta
+
+    write = lambda meta: st.publish_bytes(loc, rel, _record_bytes(meta))  # noqa: E731
     return read, write
 
 
-def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, points) -> tuple[dict, bool]:
-    """The sweep's MLflow parent run: created once, reused on resume (its stale children closed as KILLED)."""
+def _record_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, indent=1, allow_nan=False).encode()
+
+
+def _save_record(meta: dict, write: Callable[[dict], None], uri: str) -> None:
+    """The record to storage (whole or not at all, durable locally), then its copy on the MLflow parent run (best
+    effort: storage is what a resume reads)."""
+    write(meta)
+    try:
+        tracking.log_artifact_files(uri, meta["parent_run_id"], {RECORD_ARTIFACT: _record_bytes(meta)})
+    except Exception as e:  # the tracking server's own errors vary; the storage record is already durable
+        log.warning("could not copy the sweep's record to MLflow: %s", st.one_line(e))
+
+
+def _recorded_points(sweep: SweepConfig, meta: dict, resolved: list[TrialPoint],
+                     seeds: list[int]) -> list[TrialPoint]:
+    """The points a sweep was started with, from its record, checked against the config: a listed grid must
+    resolve to the same points; a sampled grid's must lie in its ranges, with its seeds and samples count."""
+    where = f"sweep {sweep.name!r} in {sweep.storage}"
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{where}: its record {META_FILE} {what}; refusing to resume it: choose another name")
+
+    if not isinstance(meta.get("parent_run_id"), str) or not isinstance(meta.get("warmups", {}), dict):
+        raise bad("names no parent run")
+    if "points" not in meta:  # a record written before points were recorded
+        if sweep.grid[0].sampled:
+            raise bad("holds no points")
+        return resolved
+    raw, points = meta["points"], []
+    if not isinstance(raw, list):
+        raise bad("holds no list of points")
+    for p in raw:
+        if (not isinstance(p, dict) or set(p) != {"hardware", "target", "seed"} or not isinstance(p["hardware"], str)
+                or isinstance(p["target"], bool) or not isinstance(p["target"], (int, float))
+                or not math.isfinite(p["target"]) or isinstance(p["seed"], bool) or not isinstance(p["seed"], int)):
+            raise bad(f"holds a malformed point {str(p)[:200]}")
+        points.append(TrialPoint(p["hardware"], float(p["target"]), p["seed"]))
+    if not sweep.grid[0].sampled:
+        if points != resolved:
+            raise bad("holds other points than its grid resolves to (did a latency table change?)")
+        return points
+    grids = {g.hardware: g for g in sweep.grid}
+    for p in points:
+        g = grids.get(p.hardware)
+        if g is None or p.seed not in seeds or not g.low - 1e-6 <= p.target <= g.high + 1e-6:
+            raise bad(f"holds a point outside the grid: {p.key}")
+    if len(points) != len(sweep.grid) * sweep.grid[0].samples * len(seeds) or len({p.key for p in points}) != len(
+            points):
+        raise bad("holds another number of points than the grid samples")
+    return points
+
+
+_REPORT_TEXT = ("hardware", "unit", "arch")  # what the sweep's summary reads of a recorded report, by type
+_REPORT_NUMBERS = ("target", "measured_latency", "search_worker_seconds", "measure_seconds")
+_REPORT_OPTIONAL = ("retrain_worker_seconds", "val_accuracy", "supernet_valid_accuracy")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_finished(sweep: SweepConfig, meta: dict, points: list[TrialPoint]) -> None:
+    """The record's finished points (key -> final report) must be among its points, each report with the values
+    the sweep's summary reads."""
+    done = meta.setdefault("finished", {})
+    keys = {p.key for p in points}
+
+    def ok(key: str, r: object) -> bool:
+        return (key in keys and isinstance(r, dict) and all(isinstance(r.get(k), str) for k in _REPORT_TEXT)
+                and all(_is_number(r.get(k)) for k in _REPORT_NUMBERS)
+                and all(r.get(k) is None or _is_number(r[k]) for k in _REPORT_OPTIONAL))
+
+    if not isinstance(done, dict) or not all(ok(k, r) for k, r in done.items()):
+        raise ValueError(f"sweep {sweep.name!r} in {sweep.storage}: its record {META_FILE} holds a finished point "
+                         f"that is not one of its points or has no report; refusing to resume it: choose another "
+                         f"name")
+
+
+def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, resolved: list[TrialPoint],
+                            seeds: list[int]) -> tuple[dict, list[TrialPoint], bool]:
+    """The sweep's record and MLflow parent run: created once (a sampled grid's points drawn then), reused on
+    resume (its stale children closed as KILLED). Returns (record, points, resumed)."""
     meta = read()
     if meta is not None:
         if meta.get("config") != json.loads(json.dumps(sweep.to_dict())):  # as stored: tuples become lists
             raise ValueError(f"sweep {sweep.name!r} in {sweep.storage} was started with another config; "
                              f"refusing to resume it: choose another name")
+        points = _recorded_points(sweep, meta, resolved, seeds)
+        _check_finished(sweep, meta, points)
+        meta["points"] = [dataclasses.asdict(p) for p in points]
         stale = tracking.mark_stale_runs(uri, sweep.name, f"tags.`nas.sweep_run_id` = '{meta['parent_run_id']}'")
         if stale:
             log.info("closed %d run(s) left running by the interrupted sweep", len(stale))
-        return meta, True
+        return meta, points, True
+    points = draw_points(sweep, seeds) if sweep.grid[0].sampled else resolved
     parent = tracking.create_run(uri, sweep.name, f"sweep-{sweep.name}",
                                  tags={"nas.kind": "sweep", "nas.sweep": sweep.name},
                                  params={"sweep": sweep.to_dict(), "points": [dataclasses.asdict(p) for p in points]})
-    meta = {"config": sweep.to_dict(), "parent_run_id": parent, "warmups": {}}
-    write(meta)
-    return meta, False
+    meta = {"config": sweep.to_dict(), "parent_run_id": parent, "warmups": {},
+            "points": [dataclasses.asdict(p) for p in points], "finished": {}}
+    _save_record(meta, write, uri)
+    return meta, points, False
 
 
 def sweep_cluster(sweep: SweepConfig) -> ClusterSpec:
@@ -115,37 +227,56 @@ def _run_warmups(sweep: SweepConfig, cfg: SearchConfig, uri: str, meta: dict, wr
     return total
 
 
-def _param_space(sweep: SweepConfig, points: list[TrialPoint], ctx: TrialContext) -> tuple[dict, int]:
+def _final_report(result: dict) -> dict:
+    """A trial's final report as the record keeps it: its own values, without Tune's bookkeeping."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    tune_keys = {*AUTO_RESULT_KEYS, "trial_id", "experiment_tag", "done", "timesteps_total", "episodes_total",
+                 "should_checkpoint", "trial_done"}
+    return {k: v for k, v in result.items() if k not in tune_keys and not isinstance(v, dict)
+            and (not isinstance(v, float) or math.isfinite(v))}
+
+
+def _recorder(on_done: Callable[[dict, dict], None]):
+    """A Tune callback, run by the driver: ``on_done(point, report)`` as each trial makes its final report."""
     from ray import tune
 
-    if not sweep.grid[0].sampled:
-        return {"point": tune.grid_search([dataclasses.asdict(p) for p in points]), "ctx": ctx.to_dict()}, 1
-    ctx = dataclasses.replace(ctx, ranges={g.hardware: [g.distribution, g.low, g.high] for g in sweep.grid})
-    seeds = list(sweep.seeds) or [ctx.default_seed]
-    return {"hardware": tune.grid_search([g.hardware for g in sweep.grid]), "seed": tune.grid_search(seeds),
-            "target": tune.sample_from(draw_target), "ctx": ctx.to_dict()}, sweep.grid[0].samples
+    class FinishedPoints(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if result.get("trial_done"):
+                on_done(trial.config["point"], result)
+
+    return FinishedPoints()
 
 
-def _tuner(sweep: SweepConfig, param_space: dict, samples: int, loc):
-    """A new Tuner, or the restored one when this sweep's Tune state exists (finished trials are kept)."""
+def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext, uri: str,
+                on_done: Callable[[dict, dict], None]) -> list[str]:
+    """The unfinished points on a fresh Tuner, whose experiment lives in a new private temporary folder (never the
+    sweep's storage, never restored); returns the failed trials' lines."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    trainable = tune.with_resources(sweep_trial, {"CPU": 0.01})
-    fs = loc.fs if loc.is_s3 else None
-    path = loc.path(f"{sweep.name}/{TUNE_NAME}")
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        log.info("resuming the sweep's Tune state at %s", path)
-        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs), True
-    return tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=sweep.max_concurrent_trials),
-        run_config=tune.RunConfig(name=TUNE_NAME, storage_path=loc.path(sweep.name), storage_filesystem=fs,
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
-                                  # Tune's automatic loggers are off (quiet_ray_env: their TensorBoard hints and
-                                  # CSV warnings); each trial's result.json is kept, which Tune's result grid reads
-                                  callbacks=[JsonLoggerCallback()]),
-    ), False
+    # the tracking URI, credentials and all, reaches the trials through the object store, not the Tune config
+    # that Tune writes (params.json, result.json): the config's ``ctx`` holds it masked
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, tracking_uri=uri), {"CPU": 0.01})
+    tune_dir = tempfile.mkdtemp(prefix=f"nas-sweep-{sweep.name}-")
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo]), "ctx": ctx.to_dict()},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent_trials),
+            run_config=tune.RunConfig(name=TUNE_NAME, storage_path=tune_dir,
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                      # Tune's automatic loggers are off (quiet_ray_env: their TensorBoard hints and
+                                      # CSV warnings); each trial's result.json is kept, which Tune's result grid
+                                      # reads (from this folder)
+                                      callbacks=[JsonLoggerCallback(), _recorder(on_done)]),
+        )
+        grid = tuner.fit()
+        return [redact(str(r.error).splitlines()[0]) if str(r.error) else type(r.error).__name__
+                for r in grid if r.error is not None]
+    finally:
+        shutil.rmtree(tune_dir, ignore_errors=True)
 
 
 def check_cluster(sweep: SweepConfig) -> None:
@@ -179,33 +310,39 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
     uri = tracking.resolve_tracking_uri(sweep.tracking_uri)
     tracking.check_tracking_uri(uri)
     storage = check_storage(sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve()))
-    loc = st.resolve(storage)
     read, write = _meta_io(storage, sweep.name)
+    seeds = sorted(set(sweep.seeds) or {cfg.seed})
     with ray_session(address, num_cpus):
         check_cluster(sweep)
-        meta, resumed = _start_or_resume_parent(sweep, uri, read, write, points)
+        meta, points, resumed = _start_or_resume_parent(sweep, uri, read, write, points, seeds)
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
-        seeds = sorted({p.seed for p in points} | set(sweep.seeds) or {cfg.seed})
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
-        n_trials = len(points) or len(sweep.grid) * sweep.grid[0].samples * len(seeds)
         ctx = TrialContext(
-            name=sweep.name, search=cfg.to_dict(), tracking_uri=uri, parent_run_id=meta["parent_run_id"],
+            name=sweep.name, search=cfg.to_dict(), tracking_uri=redact(uri), parent_run_id=meta["parent_run_id"],
             storage=meta["storage"], cluster=sweep_cluster(sweep),
-            trials_per_warmup=max(1, n_trials // max(1, len(seeds))), default_seed=cfg.seed,
+            trials_per_warmup=max(1, len(points) // max(1, len(seeds))), default_seed=cfg.seed,
             warmups=meta["warmups"] if sweep.shared_warmup else {},
             tables={g.hardware: g.table for g in sweep.grid if g.table},
             runtimes={h: i.runtime for h, i in info.items()},
             fronts={g.hardware: list(g.front) for g in sweep.grid if g.front}, measure_rounds=sweep.measure_rounds,
             retrain=sweep.retrain.to_dict() if sweep.retrain else None)
-        space, samples = _param_space(sweep, points, ctx)
-        tuner, restored = _tuner(sweep, space, samples, loc)
-        grid = tuner.fit()
-    trials, errors = [], []
-    for r in grid:
-        if r.error is not None:
-            errors.append(str(r.error).splitlines()[0] if str(r.error) else type(r.error).__name__)
-        elif r.metrics and r.metrics.get("trial_done"):
-            trials.append({k: v for k, v in r.metrics.items() if not isinstance(v, dict)})
+        finished = meta["finished"]
+        todo = [p for p in points if p.key not in finished]
+        if resumed:
+            log.info("resuming sweep %s: %d of %d point(s) finished, %d to run", sweep.name, len(points) - len(todo),
+                     len(points), len(todo))
+
+        def record(point: dict, result: dict) -> None:
+            finished[TrialPoint(point["hardware"], float(point["target"]), int(point["seed"])).key] = \
+                _final_report(result)
+            try:
+                _save_record(meta, write, uri)
+            except OSError as e:  # written again once the trials are done, where a failure stops the sweep
+                log.warning("could not record a finished point yet: %s", st.one_line(e))
+
+        errors = _run_points(sweep, todo, ctx, uri, record) if todo else []
+        _save_record(meta, write, uri)
+    trials = [finished[p.key] for p in points if p.key in finished]
     parent = meta["parent_run_id"]
     pareto, pareto_dir = {}, ""
     if trials:
@@ -219,8 +356,8 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
             tracking.log_metrics(uri, parent, {f"hypervolume.{hw}": s["series"][sweep.name]["hypervolume"]},
                                  step=len(trials))
     wall = time.time() - t0
-    result = SweepResult(sweep.name, uri, parent, tuple(trials), tuple(errors), warm_ws, wall,
-                         resumed or restored, pareto, pareto_dir)
+    result = SweepResult(sweep.name, uri, parent, tuple(trials), tuple(errors), warm_ws, wall, resumed, pareto,
+                         pareto_dir)
     tracking.log_metrics(uri, parent, {"trials_finished": len(trials), "trials_failed": len(errors),
                                        "sweep_worker_seconds": result.worker_seconds, "sweep_wall_seconds": wall,
                                        "warmup_worker_seconds": warm_ws}, step=len(trials))

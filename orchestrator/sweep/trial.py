@@ -1,23 +1,23 @@
 """One sweep trial, as a Tune function trainable: search (forked from the shared warm-up) -> measure -> retrain.
 
-Everything a trial needs travels in its Tune config (``ctx``), so a restored sweep rebuilds identical trials. The
-search and the retrain are Ray Train runs with stable names under the sweep's storage, so a trial interrupted
-with its driver resumes from their checkpoints; their reports reach Tune through ``TuneReportCallback``.
+Everything a trial needs travels in its Tune config (its ``point`` and ``ctx``, plain data), so a resumed sweep
+rebuilds identical trials from the sweep's JSON record. The search and the retrain are Ray Train runs with stable
+names under the sweep's storage (``search-<point key>``, ``retrain-<point key>``), so a trial interrupted with its
+driver resumes from their ``weights_only`` checkpoints; their reports reach Tune through ``TuneReportCallback``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 from orchestrator import tracking
 from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
 from orchestrator.derive import derive_front, log_probs_from_alpha
 from orchestrator.ray_train import ClusterSpec
+from orchestrator.redact import install as install_redaction, redact
 from orchestrator.retrain.config import retrain_config_from_dict
 from orchestrator.retrain.jobs import run_retrain
 from orchestrator.search.config import SearchConfig, config_from_dict
@@ -25,7 +25,7 @@ from orchestrator.search.jobs import SearchRun, run_distributed_search
 from orchestrator.search.loop import resolve_latency
 from orchestrator.sweep.measure import measure_latency
 
-__all__ = ["TrialContext", "trial_point", "draw_target", "point_key", "sweep_trial", "front_points"]
+__all__ = ["TrialContext", "trial_point", "point_key", "sweep_trial", "front_points"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrialContext:
     """Everything a trial needs, the same for every trial of a sweep. It travels in the Tune config as plain data
-    (``to_dict``), so a restored sweep rebuilds identical trials."""
+    (``to_dict``), so a resumed sweep rebuilds identical trials."""
 
     name: str  # the sweep's name: its MLflow experiment
     search: dict  # the base search config
@@ -47,7 +47,6 @@ class TrialContext:
     tables: dict[str, str] = field(default_factory=dict)  # hardware -> latency table URI
     runtimes: dict[str, str] = field(default_factory=dict)  # hardware -> the runtime its table was measured in
     fronts: dict[str, list[float]] = field(default_factory=dict)  # hardware -> extra budgets derived from α
-    ranges: dict[str, list] = field(default_factory=dict)  # hardware -> [distribution, low, high] (sampled grids)
     measure_rounds: int | None = None
     retrain: dict | None = None  # the retrain config, or None: search and measure only
 
@@ -73,31 +72,37 @@ class TrialContext:
 
 
 def trial_point(config: dict) -> tuple[str, float, int]:
-    """(hardware, target, seed) of a grid trial (``point``) or a sampled one (top-level keys)."""
-    p = config.get("point") or config
+    """(hardware, target, seed) of a trial (its ``point``: listed and sampled grids alike, drawn by the driver)."""
+    p = config["point"]
     return str(p["hardware"]), float(p["target"]), int(p["seed"])
-
-
-def draw_target(spec) -> float:
-    """A Tune ``sample_from``: a target from the trial's hardware's own range (units differ per hardware)."""
-    cfg = spec.config
-    hw = cfg["hardware"]
-    dist, low, high = cfg["ctx"]["ranges"][hw]
-    if dist == "loguniform":
-        return round(math.exp(random.uniform(math.log(low), math.log(high))), 6)
-    return round(random.uniform(low, high), 6)
 
 
 def point_key(hardware: str, target: float, seed: int) -> str:
     return f"{hardware}-t{target:.4g}-s{seed}"
 
 
-def sweep_trial(config: dict) -> None:
-    """Tune trainable: the search, its latency measured on the target hardware, the net retrained; one report."""
+def sweep_trial(config: dict, tracking_uri: str | None = None) -> None:
+    """Tune trainable: the search, its latency measured on the target hardware, the net retrained; one report.
+    ``tracking_uri`` (through ``tune.with_parameters``) is the URI with its credentials, which the config's
+    ``ctx`` holds masked. An error that would carry them is re-raised with them masked (Tune writes a trial's
+    error to storage)."""
+    install_redaction()
+    try:
+        _sweep_trial(config, tracking_uri)
+    except Exception as e:
+        text = f"{type(e).__name__}: {e}"
+        if redact(text) != text:
+            raise RuntimeError(redact(text)) from None
+        raise
+
+
+def _sweep_trial(config: dict, tracking_uri: str | None) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = TrialContext.from_dict(config["ctx"])
+    if tracking_uri:
+        ctx = replace(ctx, tracking_uri=tracking_uri)
     hw, target, seed = trial_point(config)
     key = point_key(hw, target, seed)
     table = ctx.tables.get(hw)

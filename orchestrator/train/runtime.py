@@ -21,6 +21,9 @@ from orchestrator.data.transforms import normalize_images, pixel_stats
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEVICES", "PRECISIONS", "resolve_device", "Precision", "RanksDiverged", "Comm", "DistComm", "Runtime",
+           "rng_state", "set_rng_state", "bn_buffers", "average_bn_stats", "eval_bn"]
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -62,6 +65,11 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+class RanksDiverged(RuntimeError):
+    """Ranks no longer run one computation (α, the sampled paths or the tensors they reduce differ). A bug to
+    report, never a fault to retry."""
+
+
 class Comm:
     """Collectives of one process (rank 0 of 1): every operation is the identity."""
 
@@ -89,10 +97,22 @@ class DistComm(Comm):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def _reduce(self, tensors: Sequence[torch.Tensor], mean: bool) -> None:
-        if not tensors or self.world == 1:
+        if self.world == 1:
             return
         flat = torch.cat([t.reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-                          for t in tensors])
+                          for t in tensors]) if tensors else torch.zeros(0)
+        # Ranks that ran different paths reduce buffers of different sizes: gloo then aborts the process and NCCL
+        # may hang. One small all-reduce of (size, -size) first turns that into an error every rank raises alike.
+        device = flat.device if tensors else self._device()
+        size = torch.tensor([flat.numel(), -flat.numel()], dtype=torch.int64, device=device)
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        if int(size[0]) != -int(size[1]):
+            sizes = self.gather(flat.numel())
+            odd = [r for r, n in enumerate(sizes) if n != sizes[0]]
+            raise RanksDiverged(f"ranks reduce different tensors: rank(s) {odd} hold {sizes[odd[0]]} values, rank 0 "
+                                f"{sizes[0]} (they ran different paths or models)")
+        if not tensors:
+            return
         dist.all_reduce(flat)
         if mean:
             flat /= self.world
@@ -107,6 +127,12 @@ class DistComm(Comm):
 
     def sum_(self, tensors: Sequence[torch.Tensor]) -> None:
         self._reduce(tensors, mean=False)
+
+    def _device(self) -> torch.device:
+        """Where this group's collectives run: NCCL only on the rank's GPU, gloo on the CPU."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def gather(self, value: Any) -> list[Any]:
         if self.world == 1:
