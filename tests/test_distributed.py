@@ -160,7 +160,7 @@ def test_resume_of_a_run_folder_of_another_space_or_config_is_refused(s3_search,
 
     before = folder()
     spec = ClusterSpec(num_workers=2, storage_path=f"s3://{bucket}/runs", name="s3-run", tracking_uri=tracking_uri,
-                       experiment="dist-other", max_failures=0)
+                       experiment="dist-other", max_failures=0, resume=True)  # `--resume`: a resume is intended
     other_space = load_config(ROOT / "configs" / "demo.yaml")
     assert other_space.search_space.name != "tiny"
     with pytest.raises(ValueError, match=r"^run 's3-run' in s3://\S+ holds a checkpoint of space 'tiny' ") as err:
