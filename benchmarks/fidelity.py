@@ -5,7 +5,7 @@ Each preset (``project``: this project's defaults; ``official``: the official co
 fidelity=NAME`` and nothing else changed, then the derived net is retrained from scratch in the same process with
 ``orchestrator.retrain.train_net`` and ``configs/retrain-digits.yaml`` (identical for every preset). Reported per
 preset: final E[LAT] and the derived net's exact latency (MMAC), the derived architecture, the entropy of α, the
-number of architecture steps, the supernet's accuracy on the digits validation split (the derived path, batch
+number of architecture steps, every fidelity switch as resolved (``switches``), the supernet's accuracy on the digits validation split (the derived path, batch
 statistics), the retrained top-1 on the same split, and the seconds of each part.
 Presets run in parallel processes, one thread each (``--workers``). A preset may carry ``+key=value`` overrides, so
 that single switches can be compared (``--presets project,project+arch.latency_probs=pair``), over ``--seeds``.
@@ -27,6 +27,7 @@ import torch
 
 from orchestrator.retrain import load_retrain_config, train_net
 from orchestrator.search import load_config, run_search
+from orchestrator.search.fidelity import PROJECT
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "fidelity.json"
@@ -53,9 +54,15 @@ def run_preset(job: tuple[str, int], config: str, recipe_path: str, retrain_epoc
             "entropy": result.entropy, "arch_steps": result.arch_steps, "steps": result.steps,
             "supernet_valid_accuracy": result.valid_accuracy, "retrained_top1": top1,
             "retrain_epochs": epochs, "search_s": search_s, "retrain_s": retrain_s,
-            "switches": {k: v for k, v in result.config["arch"].items()
-                         if k in ("grad_mode", "latency_probs", "rescale", "skip_zero_active",
-                                  "skip_first_search_epoch")} | {"init": result.config["init"]}}
+            "switches": {key: _dotted(result.config, key) for key in PROJECT}}
+
+
+def _dotted(config: dict, key: str) -> object:
+    """The value of a dotted key (``arch.grad_mode``) in a config dict."""
+    node: object = config
+    for part in key.split("."):
+        node = node[part]  # type: ignore[index]
+    return node
 
 
 def main() -> None:

@@ -314,10 +314,17 @@ def test_a_file_naming_a_preset_and_another_value_of_its_switch_is_refused(tmp_p
     ("arch.grad_mode=full", "arch.grad_mode"), ("arch.latency_probs=all", "arch.latency_probs"),
     ("arch.rl_baseline=during", "arch.rl_baseline"), ("init.linear=xavier", "init.linear"),
     ("data.color_jitter=wild", "data.color_jitter"), ("arch.skip_first_search_epoch=1", "arch.skip_first_search_epoch"),
+    # issue 23's switches: the unit of mul#log, the REINFORCE schedule and batch, the per-block Adam
+    ("arch.mul_log_unit=mac", "arch.mul_log_unit"), ("arch.rl_schedule=per_step", "arch.rl_schedule"),
+    ("arch.rl_updates_per_epoch=0", "arch.rl_updates_per_epoch"),
+    ("arch.rl_updates_per_epoch=1000001", "arch.rl_updates_per_epoch"),
+    ("arch.rl_batch_size=0", "arch.rl_batch_size"), ("arch.rl_batch_size=65537", "arch.rl_batch_size"),
+    ("arch.skip_zero_active=1", "arch.skip_zero_active"), ("arch.rl_baseline_decay=1.0", "arch.rl_baseline_decay"),
 ])
 def test_bad_switch_values_name_their_key(override, key):
-    with pytest.raises(ValueError, match=rf"{key}: "):
+    with pytest.raises(ValueError, match=rf"^{key}: ") as e:
         config_from_dict({"space": "tiny", "target": 2.0}, [override])
+    assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="arch.skip_first_search_epoch: with 1 search epoch"):
         config_from_dict({"space": "tiny", "target": 2.0, "epochs": 2, "warmup_epochs": 1},
                          ["arch.skip_first_search_epoch=true"])

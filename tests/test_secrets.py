@@ -239,7 +239,8 @@ def test_password_absent_from_a_sweep(auth_server, tmp_path):
     assert ray_leaks == []
     files = [p for p in storage.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"sweep-meta.json", "mlflow-run.json", "result.json", "params.json"} <= names, names  # Tune's, per trial
+    assert {"sweep-meta.json", "mlflow-run.json", "retrain-meta.json"} <= names, names  # the sweep's and its runs'
+    assert not {"params.json", "tuner.pkl"} & names  # Tune's state lives in the driver's private folder, not here
     assert _leaks(storage, PASSWORD) == [] and _leaks(work, PASSWORD) == []
     leaks, n = _mlflow_leaks(uri, ["secret-sweep"], PASSWORD, tmp_path)
     assert n >= 4 and leaks == []  # the sweep, its warm-up, the trial's search and retrain

@@ -379,7 +379,8 @@ def test_a_real_sweep_folder_refuses_another_space_or_config(resumed_sweep, s3_s
     before = folder()
     env = s3_server.env()
     storage, uri = f"s3://{bucket}/sweeps", resumed_sweep.server.tracking_uri
-    for changed in ({"search": str(ROOT / "configs" / "demo.yaml")},  # another space (demo's, not tiny)
+    for changed in ({"search": str(ROOT / "configs" / "demo.yaml"),  # another space (demo's, not tiny)
+                     "grid": [{"hardware": "flops", "targets": [1.0, 2.0]}]},  # within its reach
                     {"grid": [{"hardware": "flops", "targets": [0.09, 0.14], "front": FRONT}]}):
         cfg = write_sweep(tmp_path / "again.yaml", name, storage, uri, **changed)
         assert_one_line_error(run_nas("sweep", "--config", str(cfg), env=env), f"sweep {name!r}",

@@ -111,7 +111,8 @@ class ArchConfig:
     # get_split_list schedule; every weight step when an epoch has fewer), each on ``rl_batch_size`` images (the
     # official test_batch_size). The gradient algorithm always follows ``update_every``.
     rl_schedule: Literal["update_every", "per_epoch"] = "update_every"
-    rl_updates_per_epoch: int = 300  # per_epoch schedule: the official rl_update_steps_per_epoch
+    # per_epoch schedule: the official rl_update_steps_per_epoch (an epoch of fewer weight steps updates after each)
+    rl_updates_per_epoch: int = field(default=300, metadata={"max": 1_000_000})
     # per_epoch schedule: the global held-out batch of a REINFORCE update
     rl_batch_size: int = field(default=1000, metadata={"max": 65536})
     # Fidelity: the official loop skips architecture updates in the first search epoch (``if epoch > 0``), letting
