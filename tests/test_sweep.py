@@ -330,6 +330,24 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     assert len(series["points"]) == 2 + len(fronts) and series["front"] and series["hypervolume"] > 0
     assert sum(p["point"] == "front" for p in series["points"]) == len(fronts)
 
+    # MLflow opens on the sweep's runs (issue 24): the link printed and in the parent's description, the kind tag
+    url = f"{server.tracking_uri}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    assert f"open in mlflow: {url}" in out and url in parent.data.tags["mlflow.note.content"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for r in finished:  # every retrain run carries the comparable values under the same names
+        run = client.get_run(r.info.run_id)
+        assert {"latency", "top1", "budget", "measured_latency", "predicted_latency"} <= set(run.data.metrics)
+        assert run.data.params["hardware"] == "flops" and run.data.params["latency_unit"] == "MMAC"
+        assert run.data.params["latency_source"] == "measured" and "model" in {
+            a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"pareto/front-flops.json", "pareto/points-flops.json"} <= {
+        a.path for a in client.list_artifacts(pid, "pareto")}
+    versions = client.search_model_versions(f"name = '{name}-flops'")
+    assert {v.run_id for v in versions} == {p["run_id"] for p in series["front"]}
+    assert all(v.tags["nas.hardware"] == "flops" and v.tags["nas.search_run_id"] for v in versions)
+    assert all(f"models:/{name}-flops/{v.version}" in out and f"models:/{name}-flops/{v.version}" in proc.stdout
+               for v in versions)
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(720)
