@@ -230,7 +230,7 @@ def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
     proc = _start(cfg, env, tmp / "first.log")
     first_retrain = None
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 480  # the warm-up, a search and a retrain (its model exported) on 2 cores
         while time.monotonic() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name(name)
             if exp is not None and recorded().get("finished"):
