@@ -338,7 +338,7 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
         run = client.get_run(r.info.run_id)
         assert {"latency", "top1", "budget", "measured_latency", "predicted_latency"} <= set(run.data.metrics)
         assert run.data.params["hardware"] == "flops" and run.data.params["latency_unit"] == "MMAC"
-        assert run.data.params["latency_source"] == "measured" and "model" in {
+        assert run.data.params["latency_source"] == "counted" and "model" in {  # flops: MACs counted
             a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"pareto/front-flops.json", "pareto/points-flops.json"} <= {
         a.path for a in client.list_artifacts(pid, "pareto")}

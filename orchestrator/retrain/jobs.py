@@ -150,7 +150,6 @@ class RetrainJob:
                  last["val_images"], run.wall_seconds)
         return result
 
-
     def _log_model(self, uri: str, run_id: str, net) -> None:
         """The net as an MLflow model of the run (``registry.log_net_model``); a failure is the run's
         ``nas.model_error`` tag, not a lost retrain."""
