@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from orchestrator import mlflow_links, tracking
 from orchestrator.latency.hardware import default_profile
 from orchestrator.latency.measure import MeasureConfig
 from orchestrator.latency.runner import build_table
@@ -89,9 +90,13 @@ def main(out_dir: str = "demo-out", name: str | None = None):
         f = s["series"][result.name]
         lines.append(f"  front {hw}: {len(f['front'])}/{len(f['points'])} non-dominated, hypervolume "
                      f"{f['hypervolume']:.4g} (ref {f['ref_latency']:.4g} {s['unit']} x error 1.0)")
+    experiment_id = tracking.client(result.tracking_uri).get_run(result.parent_run_id).info.experiment_id
     lines += ["where to look:",
-              f"  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment {result.name}; parent run "
-              f"{result.parent_run_id}: pareto/ plots; child search runs; retrain runs with net.onnx)",
+              f"  mlflow ui --backend-store-uri {result.tracking_uri}   then "
+              f"{mlflow_links.experiment_url(mlflow_links.DEFAULT_UI, experiment_id)}",
+              f"    (experiment {result.name}; parent run {result.parent_run_id}: pareto/ plots and tables; child "
+              f"search runs; retrain runs with net.onnx and the MLflow model)",
+              *[f"  registered {hw}: {', '.join(u)}" for hw, u in result.registered.items()],
               *[f"  plot: {p}" for p in rep.plots], f"  fronts: {rep.json_path}",
               f"  compare sweeps: nas pareto --experiment {result.name} --tracking-uri {result.tracking_uri} "
               f"--out {out / 'compare'}"]

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 PARAM_LIMIT = 6000  # MLflow's param value length limit
 TEXT_ARTIFACTS = (".json", ".txt", ".csv", ".yaml", ".yml", ".config", ".log", ".md")  # masked like text
+# experiments created here are model development, which MLflow 3.17's UI opens on their runs (not its GenAI view)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -129,7 +131,7 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str:
     location = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database, not in whatever the working directory is
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

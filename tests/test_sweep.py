@@ -230,7 +230,7 @@ def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
     proc = _start(cfg, env, tmp / "first.log")
     first_retrain = None
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 480  # the warm-up, a search and a retrain (its model exported) on 2 cores
         while time.monotonic() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name(name)
             if exp is not None and recorded().get("finished"):
@@ -329,6 +329,24 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     series = summary["hardware"]["flops"]["series"][name]
     assert len(series["points"]) == 2 + len(fronts) and series["front"] and series["hypervolume"] > 0
     assert sum(p["point"] == "front" for p in series["points"]) == len(fronts)
+
+    # MLflow opens on the sweep's runs (issue 24): the link printed and in the parent's description, the kind tag
+    url = f"{server.tracking_uri}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    assert f"open in mlflow: {url}" in out and url in parent.data.tags["mlflow.note.content"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for r in finished:  # every retrain run carries the comparable values under the same names
+        run = client.get_run(r.info.run_id)
+        assert {"latency", "top1", "budget", "measured_latency", "predicted_latency"} <= set(run.data.metrics)
+        assert run.data.params["hardware"] == "flops" and run.data.params["latency_unit"] == "MMAC"
+        assert run.data.params["latency_source"] == "counted" and "model" in {  # flops: MACs counted
+            a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"pareto/front-flops.json", "pareto/points-flops.json"} <= {
+        a.path for a in client.list_artifacts(pid, "pareto")}
+    versions = client.search_model_versions(f"name = '{name}-flops'")
+    assert {v.run_id for v in versions} == {p["run_id"] for p in series["front"]}
+    assert all(v.tags["nas.hardware"] == "flops" and v.tags["nas.search_run_id"] for v in versions)
+    assert all(f"models:/{name}-flops/{v.version}" in out and f"models:/{name}-flops/{v.version}" in proc.stdout
+               for v in versions)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click  # noqa: TID253
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from orchestrator.cli import app
 from orchestrator.sweep.report import compare_fronts
 from orchestrator.redact import redact
@@ -30,6 +30,11 @@ def pareto(experiments: tuple[str, ...], out_dir: str, tracking_uri: str | None)
         for exp, f in s["series"].items():
             click.echo(f"{hw:>24} {exp}: {len(f['points'])} point(s), front {len(f['front'])}, "
                        f"hypervolume {f['hypervolume']:.4g} (ref {f['ref_latency']:.4g} {s['unit']})")
+            versions = registry.registered_versions(uri, [p["run_id"] for p in f["front"] if p.get("run_id")])
+            for p in f["front"]:
+                for name, version in versions.get(p.get("run_id", ""), []):
+                    click.echo(f"{'':>24}   {registry.model_uri(name, version)}  (registered model {name} version "
+                               f"{version}): {p['latency']:.4g} {s['unit']}, top-1 {1 - p['error']:.3f}")
     for p in rep.plots:
         click.echo(f"plot: {p}")
     click.echo(f"json: {rep.json_path}")

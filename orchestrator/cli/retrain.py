@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click  # noqa: TID253
 
+from orchestrator import mlflow_links
 from orchestrator.cli import app
 from orchestrator.cli.options import cluster_spec, config_options, local_runtime, on_ray, refuse_unused, run_options
 from orchestrator.netconfig import load_arch
@@ -38,6 +39,7 @@ def retrain(arch: str, config_path: str, overrides: tuple[str, ...], out_dir: st
         click.echo(f"result: {out_dir}/retrain.json")
     if res.run_id is not None:
         click.echo(f"mlflow: run {res.run_id} at {redact(res.tracking_uri)}")
+        click.echo(mlflow_links.where_to_look(res.tracking_uri, run_id=res.run_id))
     click.echo(f"arch: {res.arch}")
     if res.resumed_from_step:
         click.echo(f"resumed from step {res.resumed_from_step}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click  # noqa: TID253
 
+from orchestrator import mlflow_links
 from orchestrator.cli import app
 from orchestrator.cli.options import cluster_spec, config_options, local_runtime, on_ray, refuse_unused, run_options
 from orchestrator.export import atomic_write_bytes
@@ -46,4 +47,5 @@ def search(config_path: str, overrides: tuple[str, ...], out_dir: str, **kw) -> 
         click.echo(f"checkpoint: {res.checkpoint_path}")
     if res.run_id is not None:
         click.echo(f"mlflow: run {res.run_id} at {redact(res.tracking_uri)}")
+        click.echo(mlflow_links.where_to_look(res.tracking_uri, run_id=res.run_id))
     click.echo(f"result: {Path(out_dir) / RESULT}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click  # noqa: TID253
 
+from orchestrator import mlflow_links
 from orchestrator.cli import app
 from orchestrator.sweep import load_sweep, run_sweep
 from orchestrator.redact import redact
@@ -37,5 +38,8 @@ def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num
                f"{' (resumed)' if res.resumed else ''}; {res.wall_seconds:.0f} s wall, "
                f"{res.worker_seconds:.0f} worker-seconds")
     click.echo(f"mlflow: experiment {res.name}, parent run {res.parent_run_id} at {redact(res.tracking_uri)}")
+    for hw, uris in res.registered.items():
+        click.echo(f"registered {hw}: {', '.join(uris)}")
+    click.echo(mlflow_links.where_to_look(res.tracking_uri, run_id=res.parent_run_id))
     if res.errors:
         raise click.ClickException(f"{len(res.errors)} trial(s) failed: {res.errors[0]}")

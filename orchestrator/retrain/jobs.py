@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from orchestrator.arch import Arch
 from orchestrator.cost import Cost, retrain_cost
 from orchestrator.export import export_onnx
@@ -145,9 +145,20 @@ class RetrainJob:
                 "val_images": last["val_images"], **cost, **run.tracking, **total.metrics(),
                 "point_worker_seconds": total.total_worker, "point_gpu_seconds": total.total_gpu,
                 **dict(self.extra_metrics)}, step=self.cfg.epochs)
+            self._log_model(uri, run.run_id, net)
         log.info("retrained %s: top-1 %.3f on %d images in %.0f s", self.arch, last["val_accuracy"],
                  last["val_images"], run.wall_seconds)
         return result
+
+    def _log_model(self, uri: str, run_id: str, net) -> None:
+        """The net as an MLflow model of the run (``registry.log_net_model``); a failure is the run's
+        ``nas.model_error`` tag, not a lost retrain."""
+        try:
+            registry.log_net_model(uri, run_id, net, self.arch, {"nas.run_id": run_id})
+        except Exception as e:  # noqa: BLE001 (torch.export or the store: the weights and ONNX are logged anyway)
+            msg = (str(e).splitlines() or [type(e).__name__])[0][:500]
+            log.warning("could not log the retrained net as an MLflow model: %s", msg)
+            tracking.set_tags(uri, run_id, {"nas.model_error": msg})
 
 
 def run_retrain(arch: str, cfg: RetrainConfig, cluster: ClusterSpec, *, callbacks: Sequence[Any] = (),

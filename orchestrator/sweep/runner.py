@@ -23,11 +23,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import storage as st
-from orchestrator import tracking
+from orchestrator import mlflow_links, registry, tracking
 from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
 from orchestrator.lease import acquire_lease, takeover_line
 from orchestrator.ray_session import ray_session
@@ -62,6 +62,7 @@ class SweepResult:
     resumed: bool
     pareto: dict
     pareto_dir: str
+    registered: dict = field(default_factory=dict)  # hardware -> models:/ URIs of its front's registered nets
 
     @property
     def worker_seconds(self) -> float:
@@ -287,6 +288,23 @@ def check_cluster(sweep: SweepConfig) -> None:
         check_hardware_available(g.hardware)
 
 
+def _describe_parent(uri: str, parent: str, name: str) -> None:
+    """The parent run's description and the experiment's kind: MLflow opens on the sweep's runs (best effort)."""
+    try:
+        mlflow_links.mark_model_development(uri, tracking.client(uri).get_run(parent).info.experiment_id)
+        mlflow_links.describe_run(uri, parent, f"Sweep {name}: its searches, their retrains and front points are "
+                                               f"nested below; fronts in the artifacts' pareto/ folder.")
+    except Exception as e:  # noqa: BLE001 (the tracking server's own errors vary; the sweep goes on)
+        log.warning("could not describe the sweep's parent run: %s", st.one_line(e))
+
+
+def _fronts_to_mlflow(uri: str, parent: str, name: str, pareto: dict) -> dict:
+    """The fronts as MLflow tables on the parent run; each hardware's non-dominated nets registered as versions
+    of ``<sweep>-<hardware>``. Returns hardware -> their ``models:/`` URIs."""
+    mlflow_links.log_front_tables(uri, parent, pareto, name)
+    return registry.register_front(uri, name, pareto)
+
+
 def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
     """Run (or resume) ``sweep`` holding the lease on its folder (``lease``): a concurrent start of the same sweep
     is refused before it touches the live sweep's runs; a dead driver's lease is taken over, and the take-over
@@ -316,6 +334,7 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
         check_cluster(sweep)
         meta, points, resumed = _start_or_resume_parent(sweep, uri, read, write, points, seeds)
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
+        _describe_parent(uri, meta["parent_run_id"], sweep.name)
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
         ctx = TrialContext(
             name=sweep.name, search=cfg.to_dict(), tracking_uri=redact(uri), parent_run_id=meta["parent_run_id"],
@@ -355,9 +374,10 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
         for hw, s in pareto.items():
             tracking.log_metrics(uri, parent, {f"hypervolume.{hw}": s["series"][sweep.name]["hypervolume"]},
                                  step=len(trials))
+    registered = _fronts_to_mlflow(uri, parent, sweep.name, pareto) if pareto else {}
     wall = time.time() - t0
     result = SweepResult(sweep.name, uri, parent, tuple(trials), tuple(errors), warm_ws, wall, resumed, pareto,
-                         pareto_dir)
+                         pareto_dir, registered)
     tracking.log_metrics(uri, parent, {"trials_finished": len(trials), "trials_failed": len(errors),
                                        "sweep_worker_seconds": result.worker_seconds, "sweep_wall_seconds": wall,
                                        "warmup_worker_seconds": warm_ws}, step=len(trials))

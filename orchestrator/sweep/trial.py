@@ -13,7 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 
 
-from orchestrator import tracking
+from orchestrator import mlflow_links, tracking
 from orchestrator.cost import measurement_cost, retrain_cost, search_cost, warmup_share
 from orchestrator.derive import derive_front, log_probs_from_alpha
 from orchestrator.ray_train import ClusterSpec
@@ -146,6 +146,7 @@ def _sweep_trial(config: dict, tracking_uri: str | None) -> None:
                                         "target": target, **within, **cost},
                          extra_files={"latency.json": lat.to_json()}, cost_before=point)
         point = point + retrain_cost(rt.worker_seconds, rt.gpu_seconds > 0)
+        _comparable(uri, rt.run_id, hw, lat, rt.val_accuracy, target)
         out.update(retrain_run_id=rt.run_id, val_accuracy=rt.val_accuracy, retrain_worker_seconds=rt.worker_seconds)
     else:
         tracking.log_metrics(uri, res.run_id, {"point_worker_seconds": point.total_worker,
@@ -156,6 +157,13 @@ def _sweep_trial(config: dict, tracking_uri: str | None) -> None:
         out["front_points"] = front_points(ctx, cfg, res, key, lineage)
     log.info("trial %s: %s", key, json.dumps(out, default=str))
     tune.report({**out, "trial_done": 1})
+
+
+def _comparable(uri: str, run_id: str | None, hw: str, lat, top1: float, budget: float) -> None:
+    """The values compared across retrain runs, with the same names on each (``mlflow_links.log_comparable``)."""
+    if run_id is not None:
+        mlflow_links.log_comparable(uri, run_id, hardware=hw, unit=lat.unit, latency_source=lat.source,
+                                    measured=lat.value, predicted=lat.predicted, top1=top1, budget=budget)
 
 
 def front_points(ctx: TrialContext, cfg: SearchConfig, res: SearchRun, key: str, lineage: dict) -> int:
@@ -177,11 +185,12 @@ def front_points(ctx: TrialContext, cfg: SearchConfig, res: SearchRun, key: str,
                 "nas.runtime": lat.runtime, "nas.latency_source": lat.source,
                 "nas.front_budget": f"{d.budget:g}", "nas.derive": "budget"}
         spec = ctx.run_cluster("retrains", f"retrain-{key}-front-{d.budget:.4g}", res.run_id, tags)
-        run_retrain(arch, retrain_config_from_dict(ctx.retrain), spec,
-                    extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
-                                   "target": d.budget, "log_prob": d.log_prob, **within},
-                    extra_files={"latency.json": lat.to_json()},
-                    cost_before=measurement_cost(lat.seconds, hw.startswith("cuda-")))
+        rt = run_retrain(arch, retrain_config_from_dict(ctx.retrain), spec,
+                         extra_metrics={"measured_latency": lat.value, "predicted_latency": lat.predicted,
+                                        "target": d.budget, "log_prob": d.log_prob, **within},
+                         extra_files={"latency.json": lat.to_json()},
+                         cost_before=measurement_cost(lat.seconds, hw.startswith("cuda-")))
+        _comparable(uri, rt.run_id, hw, lat, rt.val_accuracy, d.budget)
         count += 1
     tracking.log_metrics(uri, res.run_id, {"front_points": count}, step=res.search["steps"])
     return count
