@@ -4,6 +4,7 @@ README says; the search is then found in a real MLflow server whose artifacts li
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -24,9 +25,11 @@ def test_submitted_search_is_found_in_mlflow(ray_cli_cluster, mlflow_server, s3_
         "--experiment", "job-test", timeout=480,
     )
     assert "succeeded" in proc.stdout.lower() or "SUCCEEDED" in proc.stdout, proc.stdout[-3000:]
-    arch_lines = [line for line in proc.stdout.splitlines() if line.startswith("arch: ")]
+    # the driver's summary line; Ray's forwarded worker output (a progress bar's last redraw has no newline) may
+    # precede it on the same line of the job's log
+    arch_lines = re.findall(r"(?:^|\])arch: (\S+)$", proc.stdout, flags=re.M)
     assert arch_lines, proc.stdout[-3000:]
-    arch = arch_lines[-1].split("arch: ", 1)[1].strip()
+    arch = arch_lines[-1]
 
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     exp = client.get_experiment_by_name("job-test")

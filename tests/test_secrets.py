@@ -86,6 +86,11 @@ def test_log_records_of_the_project_and_mlflow_are_masked():
     root.addHandler(handler)
     old = root.level
     root.setLevel(logging.INFO)
+    # once mlflow is imported (by an earlier test, say) its logger stops propagating, at WARNING: let this test's
+    # record reach the handler above whatever ran before
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_was = (mlflow_logger.propagate, mlflow_logger.level)
+    mlflow_logger.propagate, mlflow_logger.level = True, logging.INFO
     try:
         rd.install()
         rd.install()  # idempotent
@@ -99,6 +104,7 @@ def test_log_records_of_the_project_and_mlflow_are_masked():
     finally:
         root.removeHandler(handler)
         root.setLevel(old)
+        mlflow_logger.propagate, mlflow_logger.level = mlflow_was
     text = buf.getvalue()
     assert PASSWORD not in text, text
     assert text.count(f"{USER}:***@127.0.0.1:5000") == 4 and "Traceback" in text
