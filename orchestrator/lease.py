@@ -32,7 +32,7 @@ from typing import Any
 from orchestrator import storage as st
 
 __all__ = ["LEASE_FILE", "LeaseHeld", "Lease", "acquire_lease", "lease_timeout", "check_run_name",
-           "takeover_line", "refuse_fresh_over_checkpoint"]
+           "takeover_line", "refuse_fresh_over_checkpoint", "check_run_flags", "clear_for_fresh_run"]
 
 log = logging.getLogger(__name__)
 
@@ -392,3 +392,24 @@ def refuse_fresh_over_checkpoint(where: str, what: str) -> None:
     raise ValueError(f"{where} holds the checkpoint of an earlier {what}: give --resume to continue it or "
                      f"--overwrite to start afresh")
 
+
+def check_run_flags(name: str | None, resume: bool, overwrite: bool) -> None:
+    """A run's --name (one safe path segment) and its --resume / --overwrite, which exclude each other."""
+    if name is not None:
+        check_run_name(name)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+
+
+def clear_for_fresh_run(out: Path, checkpoint: str, what: str, resume: bool, overwrite: bool,
+                        also: tuple[str, ...] = ()) -> None:
+    """A one-process run folder before the run: kept for ``resume``; a fresh run refuses a checkpoint there unless
+    ``overwrite``, which removes it and ``also`` (files written from it)."""
+    ckpt = out / checkpoint
+    if resume or not ckpt.exists():
+        return
+    if not overwrite:
+        refuse_fresh_over_checkpoint(str(out), what)
+    ckpt.unlink()
+    for f in also:
+        (out / f).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from orchestrator import storage as st
 from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, check_worker_shape, per_worker_resources
 from orchestrator.ray_session import ray_session
-from orchestrator.lease import acquire_lease, check_run_name, takeover_line
+from orchestrator.lease import acquire_lease, check_run_flags, takeover_line
 from orchestrator.redact import has_credentials, install as install_redaction, redact
 from orchestrator.runs import (Job, RunInfo, check_existing_run, check_fresh_run, close_run, log_tracking_summary,
                                open_run, tracked_run)
@@ -66,10 +66,7 @@ class ClusterSpec:
 
     def __post_init__(self) -> None:
         check_worker_shape(self.num_workers, self.cpus_per_worker)
-        if self.name is not None:
-            check_run_name(self.name)
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other")
+        check_run_flags(self.name, self.resume, self.overwrite)
         if self.max_failures < 0:
             raise ValueError(f"max_failures: must be 0 or more, got {self.max_failures}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
-from orchestrator.lease import acquire_lease, check_run_name, refuse_fresh_over_checkpoint, takeover_line
+from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run, takeover_line
 from orchestrator.retrain.config import RetrainConfig
 from orchestrator.retrain.jobs import CHECKPOINT_FILE, RetrainJob, RetrainResult
 from orchestrator.retrain.loop import RetrainState, retrain_state_dict, train_net
@@ -30,10 +30,7 @@ def retrain_here(arch: str, cfg: RetrainConfig, out_dir: str | Path, *, rt: Runt
     each atomically. ``resume`` continues from the checkpoint there, ``overwrite`` starts afresh over it; a fresh
     run refuses a folder that holds one. The run holds the lease on ``out_dir`` (``lease``): a second run on it is
     refused. Everything checkable is checked before ``out_dir`` is created."""
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if name is not None:
-        check_run_name(name)
+    check_run_flags(name, resume, overwrite)
     rt = rt or Runtime(precision=Precision(cfg.precision, cfg.channels_last))
     out = Path(out_dir).resolve()
     job = RetrainJob(arch, cfg, onnx_dir=str(out))
@@ -47,11 +44,8 @@ def retrain_here(arch: str, cfg: RetrainConfig, out_dir: str | Path, *, rt: Runt
 def _retrain(job: RetrainJob, cfg: RetrainConfig, rec: LocalRecord, out: Path, rt: Runtime, progress: bool,
              resume: bool, overwrite: bool, experiment: str | None, name: str | None, parent_run_id: str | None,
              tags: dict[str, str] | None, takeover: dict | None) -> RetrainResult:
+    clear_for_fresh_run(out, CHECKPOINT_FILE, "retrain", resume, overwrite)
     ckpt = out / CHECKPOINT_FILE
-    if ckpt.exists() and not resume:
-        if not overwrite:
-            refuse_fresh_over_checkpoint(str(out), "retrain")
-        ckpt.unlink()
     saved = load_state(ckpt, "retrain checkpoint") if resume and ckpt.exists() else None
     name = name or job.default_name()
     experiment = experiment or job.experiment

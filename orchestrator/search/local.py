@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
-from orchestrator.lease import acquire_lease, check_run_name, refuse_fresh_over_checkpoint, takeover_line
+from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run, takeover_line
 from orchestrator.runs import LocalRecord, RunInfo, close_run
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import SearchJob, SearchRun, curve_metrics
@@ -32,10 +32,7 @@ def search_here(cfg: SearchConfig, out_dir: str | Path, *, rt: Runtime | None = 
     continues from it, bit for bit; ``overwrite`` starts afresh over it; a fresh run refuses a folder that holds
     one) and writing ``out_dir/result.json``. The run holds the lease on ``out_dir`` (``lease``): a second run on
     it is refused. Everything checkable is checked before ``out_dir`` is created."""
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if name is not None:
-        check_run_name(name)
+    check_run_flags(name, resume, overwrite)
     rt = rt or Runtime(precision=Precision(cfg.precision, cfg.channels_last))
     job = SearchJob(cfg)
     job.preflight(1)
@@ -49,12 +46,8 @@ def search_here(cfg: SearchConfig, out_dir: str | Path, *, rt: Runtime | None = 
 def _search(cfg: SearchConfig, job: SearchJob, rec: LocalRecord, out: Path, rt: Runtime, resume: bool,
             overwrite: bool, progress: bool, experiment: str | None, name: str | None, parent_run_id: str | None,
             tags: dict[str, str] | None, takeover: dict | None) -> SearchRun:
+    clear_for_fresh_run(out, CHECKPOINT, "search", resume, overwrite, also=(RESULT,))
     ckpt = out / CHECKPOINT
-    if ckpt.exists() and not resume:
-        if not overwrite:
-            refuse_fresh_over_checkpoint(str(out), "search")
-        ckpt.unlink()
-        (out / RESULT).unlink(missing_ok=True)
     saved = load_checkpoint(ckpt) if resume and ckpt.exists() else None
     name = name or job.default_name()
     experiment = experiment or job.experiment
