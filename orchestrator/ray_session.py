@@ -74,8 +74,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # without it the cleaner cannot tell whether a run's controller is alive.
         # A port of its own: on Ray's default 8265 it would fail to start beside another local Ray's dashboard, and
         # the State API calls of this cluster would then reach that other cluster (which knows none of our actors).
-        ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(), **quiet)
+        # Ray's State API, called inside workers (the cleaner above) with no address, finds its cluster from
+        # RAY_ADDRESS, else by looking for GCS processes on the machine: beside another local Ray that search finds
+        # two and raises (a traceback on the console, and the cleaner stops watching). So the GCS gets a port chosen
+        # here and every worker of this session is told its address.
+        from ray._private.services import get_node_ip_address
+
+        gcs = f"{get_node_ip_address()}:{free_port()}"
+        saved = os.environ.get("RAY_GCS_SERVER_PORT")
+        os.environ["RAY_GCS_SERVER_PORT"] = gcs.rsplit(":", 1)[1]  # read by the head node Ray starts here
+        try:
+            ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
+                     include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                     runtime_env={"env_vars": {"RAY_ADDRESS": gcs}}, **quiet)
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = saved
     # ...and the command's own logging (progress lines, the demo's summary) stays as the command set it up
     root.setLevel(level)
     root.handlers[:] = handlers

@@ -121,6 +121,7 @@ def _sweep_cases() -> list[tuple[str, typing.Callable[[dict, float], None], str]
         "targets": (lambda g, v: g.__setitem__("targets", [1.0, v]), "grid[0].targets[1]"),
         "relative": (lambda g, v: (g.pop("targets"), g.__setitem__("relative", [v])), "grid[0].relative[0]"),
         "front": (lambda g, v: g.__setitem__("front", [v]), "grid[0].front[0]"),
+        "front_relative": (lambda g, v: g.__setitem__("front_relative", [v]), "grid[0].front_relative[0]"),
         "low": (lambda g, v: g.__setitem__("targets", {"uniform": [v, 2.0], "samples": 2}),
                 "grid[0].targets.uniform[0]"),
         "high": (lambda g, v: g.__setitem__("targets", {"uniform": [0.5, v], "samples": 2}),

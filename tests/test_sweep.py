@@ -24,7 +24,7 @@ import yaml  # noqa: TID253
 from orchestrator.latency.kit import write_kit
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
-from orchestrator.sweep.config import draw_points
+from orchestrator.sweep.config import draw_points, front_budgets, hardware_info
 from orchestrator.sweep.runner import _check_finished, _recorded_points
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
@@ -82,6 +82,22 @@ def test_sweep_config_is_typed(tmp_path):
         load_sweep(cfg, ["workers_per_trial=two"])
     with pytest.raises(ValueError, match=r"retrain.epochs: must be at least 1"):
         load_sweep(cfg, ["retrain.epochs=0"])
+
+
+def test_front_relative_budgets_are_placed_in_the_reachable_range(tmp_path):
+    """``front_relative`` positions become budgets in the hardware's unit, as ``relative`` targets do; giving both
+    ``front`` and ``front_relative``, or a position outside (0, 1], is refused on load."""
+    grid = [{"hardware": "flops", "relative": [0.5], "front_relative": [0.2, 0.8]}]
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", "fr", tmp_path / "runs", "sqlite:///x.db", grid=grid))
+    info = hardware_info(sweep)["flops"]
+    lo, hi = info.bounds
+    budgets = front_budgets(sweep.grid[0], info)
+    assert budgets == (round(lo + 0.2 * (hi - lo), 6), round(lo + 0.8 * (hi - lo), 6)) and lo < budgets[0] < hi
+    for bad, says in (({"front": [0.1]}, "give front or front_relative, not both"),
+                      ({"front_relative": [1.5]}, r"front_relative: positions must be distinct and in \(0, 1\]")):
+        with pytest.raises(ValueError, match=says):
+            load_sweep(write_sweep(tmp_path / "b.yaml", "fr", tmp_path / "runs", "sqlite:///x.db",
+                                   grid=[{**grid[0], **bad}]))
 
 
 @pytest.mark.slow

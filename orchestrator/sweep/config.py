@@ -50,6 +50,7 @@ class HardwareGrid:
     runtime: str | None = None  # what runs the nets on this hardware; None: the base search config's runtime
     front: tuple[float, ...] = ()  # extra budgets: each trial also derives, from its own α, the best net under each
     # of these (at no search cost), measures and retrains it as an extra point of the front (``nas.point=front``)
+    front_relative: tuple[float, ...] = ()  # the same as positions in the reachable range, like ``relative``
 
     def __post_init__(self) -> None:
         where = f"grid[{self.hardware}]"
@@ -64,6 +65,12 @@ class HardwareGrid:
             raise ValueError(f"{where}.front: budgets must be positive and distinct, got {list(self.front)}")
         if any(not 0 < r <= 1 for r in self.relative):
             raise ValueError(f"{where}.relative: positions must be in (0, 1], got {list(self.relative)}")
+        if self.front and self.front_relative:
+            raise ValueError(f"{where}: give front or front_relative, not both")
+        if any(not 0 < r <= 1 for r in self.front_relative) or len(set(self.front_relative)) != len(
+                self.front_relative):
+            raise ValueError(f"{where}.front_relative: positions must be distinct and in (0, 1], got "
+                             f"{list(self.front_relative)}")
         if self.distribution is not None:
             if self.distribution not in DISTRIBUTIONS:
                 raise ValueError(f"{where}.distribution: unknown {self.distribution!r} "
@@ -141,7 +148,7 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
     key = f"grid[{i}]"
     if not isinstance(item, dict) or not isinstance(item.get("hardware"), str):
         raise ValueError(f"{key}: expected a mapping with 'hardware' and its targets, got {item!r}")
-    known = {"hardware", "targets", "relative", "table", "front", "runtime"}
+    known = {"hardware", "targets", "relative", "table", "front", "front_relative", "runtime"}
     unknown = sorted(set(item) - known)
     if unknown:
         raise ValueError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -160,8 +167,9 @@ def _grid_entry(i: int, item: Any) -> HardwareGrid:
         kwargs["targets"] = _numbers(f"{key}.targets", targets)
     if item.get("relative") is not None:
         kwargs["relative"] = _numbers(f"{key}.relative", item["relative"])
-    if item.get("front") is not None:
-        kwargs["front"] = _numbers(f"{key}.front", item["front"])
+    for k in ("front", "front_relative"):
+        if item.get(k) is not None:
+            kwargs[k] = _numbers(f"{key}.{k}", item[k])
     table = item.get("table")
     if table is not None and not isinstance(table, str):
         raise ValueError(f"{key}.table: expected a URI, got {table!r}")
@@ -329,10 +337,16 @@ def resolve_points(sweep: SweepConfig, info: Mapping[str, HardwareInfo], default
             _check_target(hw, g.high, space)
             continue
         targets = g.targets or tuple(round(lo + r * (hi - lo), 6) for r in g.relative)
-        for t in (*targets, *g.front):
+        for t in (*targets, *front_budgets(g, hw)):
             _check_target(hw, t, space)
         points += [TrialPoint(g.hardware, t, s) for s in seeds for t in targets]
     return points
+
+
+def front_budgets(g: HardwareGrid, hw: HardwareInfo) -> tuple[float, ...]:
+    """The grid entry's extra front budgets in its hardware's unit (``front_relative`` placed in its range)."""
+    lo, hi = hw.bounds
+    return g.front or tuple(round(lo + r * (hi - lo), 6) for r in g.front_relative)
 
 
 def draw_target(g: HardwareGrid, rng: random.Random) -> float:

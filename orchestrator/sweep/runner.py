@@ -35,7 +35,7 @@ from orchestrator.ray_train import ClusterSpec
 from orchestrator.redact import redact
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import run_distributed_search
-from orchestrator.sweep.config import (SweepConfig, TrialPoint, base_config, draw_points, hardware_info,
+from orchestrator.sweep.config import (SweepConfig, TrialPoint, base_config, draw_points, front_budgets, hardware_info,
                                        resolve_points)
 from orchestrator.sweep.measure import check_hardware_available
 from orchestrator.sweep.report import compare_fronts
@@ -343,7 +343,8 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
             warmups=meta["warmups"] if sweep.shared_warmup else {},
             tables={g.hardware: g.table for g in sweep.grid if g.table},
             runtimes={h: i.runtime for h, i in info.items()},
-            fronts={g.hardware: list(g.front) for g in sweep.grid if g.front}, measure_rounds=sweep.measure_rounds,
+            fronts={g.hardware: list(front_budgets(g, info[g.hardware])) for g in sweep.grid
+                    if g.front or g.front_relative}, measure_rounds=sweep.measure_rounds,
             retrain=sweep.retrain.to_dict() if sweep.retrain else None)
         finished = meta["finished"]
         todo = [p for p in points if p.key not in finished]
