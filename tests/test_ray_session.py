@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from orchestrator.ray_session import ray_session
+
 
 @pytest.mark.timeout(300)
 def test_workers_of_a_private_ray_find_their_own_cluster_beside_another():
@@ -14,8 +16,6 @@ def test_workers_of_a_private_ray_find_their_own_cluster_beside_another():
     "Found multiple active Ray instances" (a traceback on the console, the cleaner stops) or finds the other one."""
     import ray
     from ray.cluster_utils import Cluster
-
-    from orchestrator.ray_session import ray_session
 
     other = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
     try:
