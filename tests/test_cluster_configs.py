@@ -279,6 +279,32 @@ def test_kuberay_raycluster_and_rayjob_structure():
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
 
 
+def test_kuberay_raycluster_reads_as_the_pinned_rays_autoscaler_reads_it():
+    """The RayCluster (and the RayJob's copy) through the reader of the pinned Ray's KubeRay autoscaler, which turns
+    the custom resource into its node types and validates them against its own schema: each worker group's GPUs,
+    replica bounds and the ``hw:<profile>`` resource (whose rayStartParams quoting it parses) as the project means
+    them, and a head that runs no trials. Not KubeRay's CRD schema (no installable package carries it)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    docs = _kube_docs()
+    (rc,) = [d for d in docs["raycluster.yaml"] if d["kind"] == "RayCluster"]
+    (rj,) = [d for d in docs["rayjob.yaml"] if d["kind"] == "RayJob"]
+    # applied with `kubectl -n nas`: the API server fills in the namespace the autoscaler reads
+    for cr in (rc, {"metadata": rj["metadata"], "spec": rj["spec"]["rayClusterSpec"]}):
+        cfg = _derive_autoscaling_config_from_ray_cr({**copy.deepcopy(cr), "metadata": {**cr["metadata"],
+                                                                                      "namespace": "nas"}})
+        types = cfg["available_node_types"]
+        assert types["headgroup"]["resources"].get("CPU") == 0 and "GPU" not in types["headgroup"]["resources"]
+        for g in cr["spec"]["workerGroupSpecs"]:
+            t = types[g["groupName"]]
+            (c,) = g["template"]["spec"]["containers"]
+            assert (t["min_workers"], t["max_workers"]) == (g["minReplicas"], g["maxReplicas"])
+            assert t["resources"]["GPU"] == int(c["resources"]["limits"]["nvidia.com/gpu"])
+            assert t["resources"]["CPU"] == int(c["resources"]["limits"]["cpu"])
+            assert t["resources"]["hw:cuda-nvidia-a10g"] == 1, t["resources"]
+        assert cfg["idle_timeout_minutes"] == cr["spec"]["autoscalerOptions"]["idleTimeoutSeconds"] / 60
+
+
 def test_kuberay_mlflow_and_service_account():
     docs = _kube_docs()
     (svc,) = [d for d in docs["mlflow.yaml"] if d["kind"] == "Service"]
@@ -330,7 +356,8 @@ K8S_VERSION = "1.33"  # EKS standard support; NetworkPolicy, PodTemplate, seccom
 
 
 def _k8s_validate(obj: dict) -> None:
-    kv = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate as kv  # a dev dependency: make test installs it
+
     try:
         kv.validate(obj, K8S_VERSION, strict=True)
     except kv.ValidationError as e:
