@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import kubernetes_validate as kv  # a dev dependency: make test installs it
 import pytest
 import yaml  # noqa: TID253
 from packaging.specifiers import SpecifierSet
@@ -356,8 +357,6 @@ K8S_VERSION = "1.33"  # EKS standard support; NetworkPolicy, PodTemplate, seccom
 
 
 def _k8s_validate(obj: dict) -> None:
-    import kubernetes_validate as kv  # a dev dependency: make test installs it
-
     try:
         kv.validate(obj, K8S_VERSION, strict=True)
     except kv.ValidationError as e:
