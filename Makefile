@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test chromium bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) workloads/demo.py
 
-test: $(STAMP)
+# The browser test (tests/test_sweep.py) drives Debian's Chromium through Playwright; installed here when missing.
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 \
+	  || { echo "error: $(CHROMIUM) is missing and installing it needs root: apt-get install chromium" >&2; exit 1; }; \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends chromium) > .chromium-install.log 2>&1 \
+	  || { echo "error: apt-get could not install chromium (see .chromium-install.log)" >&2; exit 1; }; }
+
+test: $(STAMP) chromium
 	$(PY) -m ruff check orchestrator benchmarks workloads tests
 	$(PY) -m pytest -q -ra --durations=15
 
@@ -27,4 +36,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-out benchmarks/out
+	rm -rf $(VENV) .pytest_cache demo-out benchmarks/out test-artifacts .chromium-install.log

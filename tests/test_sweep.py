@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml  # noqa: TID253
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
 
 from orchestrator.latency.kit import write_kit
+from orchestrator.mlflow_links import experiment_url, run_url
+from orchestrator.registry import registered_name
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
 from orchestrator.sweep.config import draw_points, front_budgets, hardware_info
@@ -398,6 +403,106 @@ def test_resumed_sweep_never_unpickles_its_storage(resumed_sweep, s3_server):
     tune_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=r.bucket, Prefix=f"sweeps/{r.name}/tune").get(
         "Contents", [])}
     assert tune_keys == {f"sweeps/{r.name}/{rel}" for rel in PLANTED}
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (`make test` installs it), driven by Playwright
+SCREENSHOTS = Path(os.environ.get("NAS_TEST_SCREENSHOTS", ROOT / "test-artifacts" / "browser"))
+UI_WAIT_MS = 60_000  # each wait on the UI: a cold page load of MLflow's UI on a busy 2-core machine
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_mlflow_ui_in_a_browser_shows_the_sweep(resumed_sweep, tmp_path):
+    """The MLflow UI of the real sweep, in Chromium: the printed link opens the experiment on its runs table (the
+    model-training view, not MLflow 3's GenAI overview); each retrain run's page shows its ``latency`` and ``top1``
+    with the values MLflow's API holds; the sweep's run page shows its Pareto plot (the PNG loaded, at its size);
+    the registered model ``<sweep>-flops`` lists every version, each with its net's arch. Screenshots of each page
+    go to ``test-artifacts/browser/`` (or $NAS_TEST_SCREENSHOTS)."""
+    from mlflow import MlflowClient
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs it "
+                    "(apt-get install --no-install-recommends chromium)")
+    r, server = resumed_sweep, resumed_sweep.server.tracking_uri
+    client = MlflowClient(tracking_uri=server)
+    exp = client.get_experiment_by_name(r.name)
+    eid = exp.experiment_id
+    (parent,) = _runs(client, eid, "sweep")
+    all_runs = client.search_runs([eid], max_results=1000)
+    retrains = [x for x in _runs(client, eid, "retrain") if x.info.status == "FINISHED"]
+    assert retrains and all({"latency", "top1"} <= set(x.data.metrics) for x in retrains)
+    model = registered_name(r.name, "flops")
+    versions = client.search_model_versions(f"name = '{model}'")
+    assert versions and {v.run_id for v in versions} <= {x.info.run_id for x in retrains}
+    plot = Image.open(client.download_artifacts(parent.info.run_id, "pareto/pareto-flops.png", str(tmp_path)))
+    (link,) = re.findall(r"open in mlflow: (\S+)", r.out)  # the link the sweep printed
+    assert link == experiment_url(server, eid)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"browser screenshots: {SCREENSHOTS}")
+    expect.set_options(timeout=UI_WAIT_MS)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        context.set_default_timeout(UI_WAIT_MS)
+        context.set_default_navigation_timeout(2 * UI_WAIT_MS)
+
+        def open_page(url: str):  # a fresh page per view: nothing of the last view is left on it
+            page = context.new_page()
+            page.goto(url)
+            return page
+
+        try:
+            # 1. the printed link opens the experiment on its runs table, every run of the sweep counted
+            page = open_page(link)
+            row = page.get_by_role("row").filter(has=page.get_by_role("link", name=parent.info.run_name, exact=True))
+            expect(row).to_be_visible()
+            expect(row.get_by_role("link", name=parent.info.run_name, exact=True)).to_have_attribute(
+                "href", re.compile(f"/runs/{parent.info.run_id}$"))
+            expect(page.get_by_text(f"{len(all_runs)} matching runs", exact=True)).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "1-experiment-runs.png", full_page=True)
+            page.close()
+
+            # 2. each retrain run's page shows latency and top1, with the values MLflow holds
+            for x in retrains:
+                page = open_page(run_url(server, eid, x.info.run_id))
+                expect(page.get_by_role("heading", name=x.info.run_name, exact=True)).to_be_visible()
+                for metric in ("latency", "top1"):
+                    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=metric, exact=True))
+                    expect(row).to_be_visible()
+                    shown = row.get_by_role("cell").nth(1).inner_text().strip()
+                    assert float(shown) == pytest.approx(x.data.metrics[metric], rel=1e-6), (x.info.run_name, metric)
+                row.scroll_into_view_if_needed()
+                page.screenshot(path=SCREENSHOTS / f"2-retrain-{x.info.run_name}.png")
+                page.close()
+
+            # 3. the Pareto plot on the sweep's run page: listed among its artifacts and shown, the PNG loaded whole
+            page = open_page(run_url(server, eid, parent.info.run_id).replace(
+                "?", "/artifacts/pareto/pareto-flops.png?", 1))
+            expect(page.get_by_role("heading", name=parent.info.run_name, exact=True)).to_be_visible()
+            node = page.locator('[data-testid="artifact-tree-node"][artifact-name="pareto-flops.png"]')
+            expect(node).to_be_visible()
+            img = page.locator('img[alt="pareto/pareto-flops.png"]')
+            expect(img).to_be_visible()
+            page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle())
+            assert img.evaluate("el => [el.naturalWidth, el.naturalHeight]") == list(plot.size)
+            page.screenshot(path=SCREENSHOTS / "3-sweep-run-pareto.png", full_page=True)
+            page.close()
+
+            # 4. the registered model lists the front's nets: every version, with its net's arch
+            page = open_page(f"{server}/#/models/{model}")
+            expect(page.get_by_role("heading", name=model, exact=True)).to_be_visible()
+            for v in versions:
+                row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {v.version}",
+                                                                          exact=True))
+                expect(row).to_be_visible()
+                expect(row).to_contain_text(v.tags["nas.arch"])
+            expect(page.get_by_role("link", name=re.compile(r"^Version \d+$"))).to_have_count(len(versions))
+            page.screenshot(path=SCREENSHOTS / "4-registered-model.png", full_page=True)
+            page.close()
+        finally:
+            browser.close()
 
 
 @pytest.mark.slow
