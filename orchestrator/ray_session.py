@@ -5,6 +5,7 @@ Ray's own chatter reaches the user's console (progress and results do; Ray's int
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -39,6 +40,41 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # MLflow's INFO lines (creating a SQLite store's tables) are internal too; its warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+# What every Ray worker of the project's jobs gets (``worker_env``), whatever cluster it runs on; a user's own
+# settings of these variables win.
+WORKER_ENV = {
+    # MLflow prints "View run <name> at: <url>" and "View experiment at: <url>" to stdout when a run ends against a
+    # tracking server (``TrackingServiceClient._log_url``); the project prints its own links (``mlflow_links``,
+    # which open the model-training view)
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # Ray Train's print patch sends each ``print`` of a Train worker both to stdout and to its logger's console
+    # handler, two lines forwarded to the driver: rank 0's progress bar (``tqdm_ray``) is sent that way, and the
+    # second copy of its closing state made the driver draw the finished bar again, for the rest of the run
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def worker_env(api_server: str | None = None) -> dict[str, str]:
+    """The ``env_vars`` of the runtime env a driver joins Ray with: ``WORKER_ENV`` as this process has them (a
+    user's value wins), and ``RAY_API_SERVER_ADDRESS`` where the driver starts its private cluster: Ray Train's
+    placement-group cleaner (an actor) asks the State API for the dashboard's address, and on a machine that runs
+    several Ray instances it found none ("Found multiple active Ray instances", a thread's traceback on the
+    console). Inside a Ray job, variables that the job's own runtime env sets are left to it (Ray refuses a
+    conflicting ``ray.init(runtime_env=...)``)."""
+    env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
+    if api_server:
+        env["RAY_API_SERVER_ADDRESS"] = api_server
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        taken = set(((job.get("runtime_env") or {}).get("env_vars") or {}))
+    except (ValueError, AttributeError):
+        taken = set()
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def free_port() -> int:
@@ -68,30 +104,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)  # Ray's LoggingConfig reconfigures the driver's root logger
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, **quiet)
     else:
         # The dashboard (loopback only) serves Ray's State API, which Ray Train's placement-group cleaner polls:
         # without it the cleaner cannot tell whether a run's controller is alive.
         # A port of its own: on Ray's default 8265 it would fail to start beside another local Ray's dashboard, and
         # the State API calls of this cluster would then reach that other cluster (which knows none of our actors).
-        # Ray's State API, called inside workers (the cleaner above) with no address, finds its cluster from
-        # RAY_ADDRESS, else by looking for GCS processes on the machine: beside another local Ray that search finds
-        # two and raises (a traceback on the console, and the cleaner stops watching). So the GCS gets a port chosen
-        # here and every worker of this session is told its address.
-        from ray._private.services import get_node_ip_address
-
-        gcs = f"{get_node_ip_address()}:{free_port()}"
-        saved = os.environ.get("RAY_GCS_SERVER_PORT")
-        os.environ["RAY_GCS_SERVER_PORT"] = gcs.rsplit(":", 1)[1]  # read by the head node Ray starts here
-        try:
-            ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
-                     include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                     runtime_env={"env_vars": {"RAY_ADDRESS": gcs}}, **quiet)
-        finally:
-            if saved is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = saved
+        port = free_port()
+        ray.init(address="local", num_cpus=num_cpus, resources=node_resources(local_profiles()),
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 runtime_env={"env_vars": worker_env(f"http://127.0.0.1:{port}")}, **quiet)
     # ...and the command's own logging (progress lines, the demo's summary) stays as the command set it up
     root.setLevel(level)
     root.handlers[:] = handlers

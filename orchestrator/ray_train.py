@@ -28,6 +28,7 @@ import torch
 from orchestrator import storage as st
 from orchestrator import tracking
 from orchestrator.cluster_checks import check_resources, check_storage, check_worker_shape, per_worker_resources
+from orchestrator.console import FinalLine, is_terminal
 from orchestrator.ray_session import ray_session
 from orchestrator.lease import acquire_lease, check_run_flags, takeover_line
 from orchestrator.redact import has_credentials, install as install_redaction, redact
@@ -109,7 +110,8 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
             # credentials travels to the workers as an object in the object store (``worker_tracking_uri``)
             config = {"job": job.worker_config(), "run_id": run_id, "tracking_uri": redact(uri),
                       "tracking_uri_ref": _object_ref(uri) if has_credentials(uri) else None,
-                      "use_gpu": cluster.use_gpu, "threads": cluster.threads, "progress": cluster.progress,
+                      "use_gpu": cluster.use_gpu, "threads": cluster.threads,
+                      "progress": progress_mode(cluster.progress),
                       "run_dir": run_dir}
             result, wall = _fit(job.kind, name, job.train_func(), config, cluster, per_worker, storage,
                                 job.checkpoints_kept, callbacks, uri, run_id)
@@ -124,6 +126,12 @@ def run_on_ray(job: Job, cluster: ClusterSpec, callbacks: Sequence[Any] = ()) ->
             gap = log_tracking_summary(uri, run_id, out.get("tracking"))
             return close_run(job, out, RunInfo(run_id, uri, name, storage, ckpt_path, wall,
                                                wall * cluster.num_workers, gap))
+
+
+def progress_mode(progress: bool) -> str | bool:
+    """How rank 0 shows its progress, decided by the driver, whose console it is: ``"bar"`` on a terminal (drawn
+    by Ray's ``tqdm_ray`` on the driver), ``"line"`` in a log (one final line), False for none."""
+    return ("bar" if is_terminal() else "line") if progress else False
 
 
 def _object_ref(value: Any) -> Any:
@@ -234,7 +242,8 @@ def start_worker(config: dict, checkpoint_file: str, what: str, seed: int, preci
     else:
         log.info("rank %d resumes at step %d", rt.rank, resume["step"])
     sink = tracking.MetricSink(worker_tracking_uri(config), config["run_id"]) if rt.rank == 0 else None
-    progress = RankZeroBar if rt.rank == 0 and config["progress"] else False
+    mode = config["progress"] if rt.rank == 0 else False
+    progress = FinalLine if mode == "line" else RankZeroBar if mode else False
     return TrainWorker(config, rt, resume, sink, progress)
 
 
@@ -314,6 +323,7 @@ class RankZeroBar:
 
         self.bar, self.desc = tqdm(desc=desc, total=total, unit="step"), desc
         self.bar.update(done)
+        self.closed = False
 
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -322,8 +332,16 @@ class RankZeroBar:
         self.bar.set_description(f"{self.desc} " + " ".join(f"{k}={v}" for k, v in values.items()))
 
     def close(self) -> None:
+        """Send the closing state once. The driver's ``tqdm_ray`` manager removes a bar when its closing state
+        arrives, but a state of that bar arriving after it (a second close, or a second copy of the line) draws it
+        anew, and that bar is never closed: it is redrawn, its elapsed time growing, around every later line the
+        driver prints. Each state line must therefore reach the driver once: Ray Train's print patch (which sends
+        a worker's ``print`` both to stdout and to its logger, two forwarded copies) is off for the project's
+        workers (``ray_session.worker_env``)."""
+        if self.closed:
+            return
+        self.closed = True
         self.bar.close()
         # The closing state is a line on this worker's stdout, which Ray forwards to the driver; Ray Train ends the
-        # worker soon after, so do not leave it in the buffer. (Ray's driver can still keep drawing a finished bar:
-        # a sweep's trials draw none, see ClusterSpec.progress.)
+        # worker soon after, so do not leave it in the buffer.
         sys.stdout.flush()

@@ -110,8 +110,13 @@ def _mlflow_creds() -> tuple[str, str] | None:
 def client(uri: str):
     from mlflow import MlflowClient
 
-    if has_credentials(uri):  # MLflow prints "View run ... at: <URI>" to stdout, credentials and all
+    # MLflow prints "View run ... at: <URL>" to stdout when a run ends on a tracking server (read at each end, so
+    # set here, in every process that ends a run): never with a URI's credentials; otherwise unless a user asked
+    # for it, since the project prints its own links (``mlflow_links``)
+    if has_credentials(uri):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    else:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     try:  # MLflow's SQLite store resolves its default artifact root against the working directory, which a
         os.getcwd()  # Ray job's can lose: a second node on the same machine re-extracts the job's package there

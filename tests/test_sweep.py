@@ -223,6 +223,8 @@ class ResumedSweep:
     bucket: str  # the sweep's storage: s3://bucket/sweeps/<name>
     planted: tuple[str, ...]  # the payload objects planted before the resume
     sentinel: Path  # written by any payload that runs
+    err: str = ""  # the resumed command's stderr (progress lines, warnings)
+    first: str = ""  # the first (killed) command's console: stdout and stderr, not a terminal
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +278,8 @@ def resumed_sweep(mlflow_server, s3_server, tmp_path_factory):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
-    return ResumedSweep(name, mlflow_server, first_retrain, second.stdout, bucket, tuple(planted), sentinel)
+    return ResumedSweep(name, mlflow_server, first_retrain, second.stdout, bucket, tuple(planted), sentinel,
+                        second.stderr, (tmp / "first.log").read_text(errors="replace"))
 
 
 @pytest.mark.slow
@@ -368,6 +371,30 @@ def test_resumed_sweep_records_lineage_artifacts_and_fronts(resumed_sweep, s3_se
     assert all(v.tags["nas.hardware"] == "flops" and v.tags["nas.search_run_id"] for v in versions)
     assert all(f"models:/{name}-flops/{v.version}" in out and f"models:/{name}-flops/{v.version}" in proc.stdout
                for v in versions)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_sweep_console_shows_progress_lines_and_no_internal_messages(resumed_sweep):
+    """In a log (no terminal): the warm-up's progress is one final line, not a bar redrawn; one line per trial as it
+    starts and finishes, with the counts and the best per hardware; no MLflow "View run" lines (the tracking server
+    is http), no thread tracebacks of Ray's internals."""
+    r = resumed_sweep
+    first = r.first
+    warm = re.findall(r"warm-up: (\d+)/(\d+) steps in \d\d:\d\d", first)
+    assert len(warm) == 1 and warm[0][0] == warm[0][1], first[-3000:]
+    assert "%|" not in first and "step/s]" not in first, first[-3000:]  # no tqdm bar in a log
+    assert re.search(rf"sweep {r.name}: 0/2 trials done, 1 running, 0 failed \| started flops target", first)
+    assert re.search(rf"sweep {r.name}: 1/2 trials done, \d running, 0 failed \| finished flops target [\d.]+ seed "
+                     rf"\d+: [\d.e-]+ MMAC measured \((within|over) target\), top-1 [\d.]+ \| best flops: ", first)
+    # the resume counts the recorded trial; its one remaining trial starts and finishes
+    assert re.search(rf"sweep {r.name}: 1/2 trials done, 1 running, 0 failed \| started flops target", r.err), r.err
+    assert re.search(rf"sweep {r.name}: 2/2 trials done, 0 running, 0 failed \| finished flops target .* \| best "
+                     rf"flops: ", r.err), r.err
+    for text in (first, r.out, r.err):
+        assert "View run" not in text and "View experiment" not in text
+        assert "Exception in thread" not in text and "Found multiple active Ray instances" not in text
+    assert "?workflowType=machine_learning" in r.out  # the project's own link
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import sys
 
 import click  # noqa: TID253 (the CLI is click; the core imports without it)
 
+from orchestrator import console
 from orchestrator.ray_session import quiet_ray_env
 from orchestrator.redact import install as install_redaction, redact
 
@@ -32,6 +33,7 @@ def app(verbose: int) -> None:
     for noisy in ("mlflow", "alembic"):  # their INFO lines (database set-up) are not the user's business
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     install_redaction()  # no credential (a tracking URI's password) in any log line, the project's or MLflow's
+    console.setup()  # progress lines (orchestrator.progress) show at INFO whatever the level; a --quiet turns them off
 
 
 def _register() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click  # noqa: TID253
 
-from orchestrator import mlflow_links
+from orchestrator import console, mlflow_links
 from orchestrator.cli import app
 from orchestrator.sweep import load_sweep, run_sweep
 from orchestrator.redact import redact
@@ -21,12 +21,15 @@ from orchestrator.redact import redact
               "(the same as --set use_gpu=true).")
 @click.option("--allow-autoscale", is_flag=True, help="The cluster autoscales: start even if its nodes cannot host "
               "the workers yet (the same as --set allow_autoscale=true).")
+@click.option("--quiet", is_flag=True, help="No progress: neither the warm-up's bar nor a line per trial (warnings "
+              "and the results still show).")
 def sweep(config_path: str, overrides: tuple[str, ...], address: str | None, num_cpus: int | None, gpu: bool,
-          allow_autoscale: bool) -> None:
+          allow_autoscale: bool, quiet: bool) -> None:
     """Run (or resume, with the same name and storage) a sweep; prints each point and where to look."""
     flags = [*(["use_gpu=true"] if gpu else []), *(["allow_autoscale=true"] if allow_autoscale else [])]
     cfg = load_sweep(config_path, [*overrides, *flags])
-    res = run_sweep(cfg, address=address, num_cpus=num_cpus)
+    console.setup(quiet=quiet)
+    res = run_sweep(cfg, address=address, num_cpus=num_cpus, progress=not quiet)
     for t in sorted(res.trials, key=lambda t: (t["hardware"], t["target"])):
         acc = t.get("val_accuracy", t.get("supernet_valid_accuracy"))
         click.echo(f"{t['hardware']:>24} target {t['target']:<8.4g} measured {t['measured_latency']:.4g} {t['unit']:<5}"

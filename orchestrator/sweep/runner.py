@@ -29,6 +29,7 @@ from pathlib import Path
 from orchestrator import storage as st
 from orchestrator import mlflow_links, registry, tracking
 from orchestrator.cluster_checks import check_resources, check_storage, per_worker_resources
+from orchestrator.console import progress_log
 from orchestrator.lease import acquire_lease, takeover_line
 from orchestrator.ray_session import ray_session
 from orchestrator.ray_train import ClusterSpec
@@ -206,7 +207,7 @@ def sweep_cluster(sweep: SweepConfig) -> ClusterSpec:
 
 
 def _run_warmups(sweep: SweepConfig, cfg: SearchConfig, uri: str, meta: dict, write: Callable[[dict], None],
-                 seeds: list[int]) -> float:
+                 seeds: list[int], progress: bool = True) -> float:
     """One warm-up search per seed (shared by every trial of that seed); already finished ones are skipped."""
     total = 0.0
     for seed in seeds:
@@ -215,7 +216,7 @@ def _run_warmups(sweep: SweepConfig, cfg: SearchConfig, uri: str, meta: dict, wr
             total += done["worker_seconds"]
             continue
         spec = sweep_cluster(sweep).replace(
-            storage_path=f"{meta['storage']}/searches", name=f"warmup-s{seed}", tracking_uri=uri,
+            storage_path=f"{meta['storage']}/searches", name=f"warmup-s{seed}", tracking_uri=uri, progress=progress,
             experiment=sweep.name, parent_run_id=meta["parent_run_id"],
             tags=(("nas.kind", "warmup"), ("nas.sweep", sweep.name), ("nas.sweep_run_id", meta["parent_run_id"]),
                   ("nas.seed", str(seed))))
@@ -238,20 +239,97 @@ def _final_report(result: dict) -> dict:
             and (not isinstance(v, float) or math.isfinite(v))}
 
 
-def _recorder(on_done: Callable[[dict, dict], None]):
-    """A Tune callback, run by the driver: ``on_done(point, report)`` as each trial makes its final report."""
+def _accuracy(report: dict) -> float | None:
+    acc = report.get("val_accuracy", report.get("supernet_valid_accuracy"))
+    return acc if _is_number(acc) else None
+
+
+def _point_text(point: dict) -> str:
+    return f"{point['hardware']} target {float(point['target']):.4g}" + (
+        f" seed {point['seed']}" if point.get("seed") is not None else "")
+
+
+class SweepProgress:
+    """The sweep's progress on the console, one line (``console.progress_log``) as each trial starts, finishes or
+    fails: trials done of all, running, failed; the finished trial's measured latency and top-1; and the best so
+    far per hardware: the finished trial with the highest top-1 among those whose measured latency is within
+    their target (a resumed sweep's finished points count)."""
+
+    def __init__(self, name: str, total: int, finished: dict[str, dict]) -> None:
+        self.name, self.total = name, total
+        self.reports = list(finished.values())  # the final reports so far, resumed ones included
+        self.running: set[str] = set()
+        self.failed = 0
+
+    def _counts(self) -> str:
+        return (f"sweep {self.name}: {len(self.reports)}/{self.total} trials done, {len(self.running)} running, "
+                f"{self.failed} failed")
+
+    def best(self) -> dict[str, dict]:
+        """Hardware -> its best finished report (highest top-1 within target)."""
+        out: dict[str, dict] = {}
+        for r in self.reports:
+            acc = _accuracy(r)
+            if acc is None or not r.get("measured_latency", math.inf) <= r.get("target", -math.inf):
+                continue
+            if r["hardware"] not in out or acc > _accuracy(out[r["hardware"]]):
+                out[r["hardware"]] = r
+        return out
+
+    def _best_text(self) -> str:
+        best = self.best()
+        hws = sorted({r["hardware"] for r in self.reports})
+        return "; ".join(f"best {hw}: {best[hw]['measured_latency']:.4g} {best[hw]['unit']} @ top-1 "
+                         f"{_accuracy(best[hw]):.3f}" if hw in best else f"best {hw}: none within target"
+                         for hw in hws)
+
+    def started(self, trial_id: str, point: dict) -> None:
+        self.running.add(trial_id)
+        progress_log.info("%s | started %s", self._counts(), _point_text(point))
+
+    def finished(self, trial_id: str, point: dict, report: dict) -> None:
+        self.running.discard(trial_id)
+        self.reports.append(report)
+        acc = _accuracy(report)
+        measured = report.get("measured_latency")
+        within = "" if not _is_number(measured) else (
+            " (within target)" if measured <= float(point["target"]) else " (over target)")
+        got = (f"{measured:.4g} {report.get('unit', '')} measured{within}" if _is_number(measured)
+               else "no measurement")
+        progress_log.info("%s | finished %s: %s, top-1 %s | %s", self._counts(), _point_text(point), got,
+                          "-" if acc is None else f"{acc:.3f}", self._best_text())
+
+    def errored(self, trial_id: str, point: dict) -> None:
+        self.running.discard(trial_id)
+        self.failed += 1
+        progress_log.info("%s | failed %s", self._counts(), _point_text(point))
+
+
+def _recorder(on_done: Callable[[dict, dict], None], progress: SweepProgress | None = None):
+    """A Tune callback, run by the driver: ``on_done(point, report)`` as each trial makes its final report, and the
+    sweep's progress lines as trials start, finish and fail."""
     from ray import tune
 
     class FinishedPoints(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            if progress is not None:
+                progress.started(trial.trial_id, trial.config["point"])
+
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             if result.get("trial_done"):
                 on_done(trial.config["point"], result)
+                if progress is not None:
+                    progress.finished(trial.trial_id, trial.config["point"], _final_report(result))
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            if progress is not None:
+                progress.errored(trial.trial_id, trial.config["point"])
 
     return FinishedPoints()
 
 
 def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext, uri: str,
-                on_done: Callable[[dict, dict], None]) -> list[str]:
+                on_done: Callable[[dict, dict], None], progress: SweepProgress | None = None) -> list[str]:
     """The unfinished points on a fresh Tuner, whose experiment lives in a new private temporary folder (never the
     sweep's storage, never restored); returns the failed trials' lines."""
     from ray import tune
@@ -271,7 +349,7 @@ def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext, u
                                       # Tune's automatic loggers are off (quiet_ray_env: their TensorBoard hints and
                                       # CSV warnings); each trial's result.json is kept, which Tune's result grid
                                       # reads (from this folder)
-                                      callbacks=[JsonLoggerCallback(), _recorder(on_done)]),
+                                      callbacks=[JsonLoggerCallback(), _recorder(on_done, progress)]),
         )
         grid = tuner.fit()
         return [redact(str(r.error).splitlines()[0]) if str(r.error) else type(r.error).__name__
@@ -305,22 +383,25 @@ def _fronts_to_mlflow(uri: str, parent: str, name: str, pareto: dict) -> dict:
     return registry.register_front(uri, name, pareto)
 
 
-def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
+def run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None,
+              progress: bool = True) -> SweepResult:
     """Run (or resume) ``sweep`` holding the lease on its folder (``lease``): a concurrent start of the same sweep
     is refused before it touches the live sweep's runs; a dead driver's lease is taken over, and the take-over
     tagged on the sweep's MLflow run."""
     folder = f"{sweep.storage.rstrip('/')}/{sweep.name}" if "://" in sweep.storage else \
         str(Path(sweep.storage).resolve() / sweep.name)
     with acquire_lease(folder, "sweep") as lease:
-        result = _run_sweep(sweep, address, num_cpus)
+        result = _run_sweep(sweep, address, num_cpus, progress)
         if lease.takeover:
             tracking.set_tags(result.tracking_uri, result.parent_run_id,
                               {"nas.lease_takeover": takeover_line(lease.takeover)})
         return result
 
 
-def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
-    """Run (or resume) ``sweep``: warm-up once, trials on Tune, fronts from MLflow logged to the parent run."""
+def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | None = None,
+               progress: bool = True) -> SweepResult:
+    """Run (or resume) ``sweep``: warm-up once, trials on Tune, fronts from MLflow logged to the parent run.
+    ``progress``: the warm-up's progress bar and the sweep's progress lines (``SweepProgress``)."""
     t0 = time.time()
     cfg = base_config(sweep)
     info = hardware_info(sweep)
@@ -335,7 +416,7 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
         meta, points, resumed = _start_or_resume_parent(sweep, uri, read, write, points, seeds)
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
         _describe_parent(uri, meta["parent_run_id"], sweep.name)
-        warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds) if sweep.shared_warmup else 0.0
+        warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds, progress) if sweep.shared_warmup else 0.0
         ctx = TrialContext(
             name=sweep.name, search=cfg.to_dict(), tracking_uri=redact(uri), parent_run_id=meta["parent_run_id"],
             storage=meta["storage"], cluster=sweep_cluster(sweep),
@@ -360,7 +441,8 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
             except OSError as e:  # written again once the trials are done, where a failure stops the sweep
                 log.warning("could not record a finished point yet: %s", st.one_line(e))
 
-        errors = _run_points(sweep, todo, ctx, uri, record) if todo else []
+        lines = SweepProgress(sweep.name, len(points), finished) if progress else None
+        errors = _run_points(sweep, todo, ctx, uri, record, lines) if todo else []
         _save_record(meta, write, uri)
     trials = [finished[p.key] for p in points if p.key in finished]
     parent = meta["parent_run_id"]

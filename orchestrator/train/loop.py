@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from orchestrator.console import FinalLine, is_terminal
 from orchestrator.data.feed import Feed
 from orchestrator.data.source import DataSpec
 from orchestrator.train.core import Metrics, metrics_window, read_window
@@ -86,12 +87,15 @@ class _NoBar:
 
 
 def progress_bar(progress: bool | Callable[..., Any], total: int, done: int, desc: str) -> Any:
-    """A tqdm bar (``progress=True``), none (``False``), or one built by ``progress(total, done, desc)`` (a Ray
-    Train worker shows its bar on the driver's console that way)."""
+    """A tqdm bar on a terminal (``progress=True``; in a log, where each redraw would be a line, one final line
+    instead: ``console.FinalLine``), none (``False``), or one built by ``progress(total, done, desc)`` (a Ray Train
+    worker shows its bar on the driver's console that way)."""
     if callable(progress):
         return progress(total, done, desc)
     if not progress:
         return _NoBar()
+    if not is_terminal():
+        return FinalLine(total, done, desc)
     from tqdm.auto import tqdm  # optional: a quiet one-process run needs no tqdm (test_torch_only)
 
     return tqdm(total=total, initial=done, desc=desc, unit="step")
@@ -129,6 +133,21 @@ def run_loop(state: LoopState, step: Callable[[Clock], Metrics], schedule: Sched
     passed to ``hooks.on_row``. Returns the clock, so that the caller times its own closing work (e.g. the final
     evaluation) in the same phases."""
     bar = progress_bar(progress, schedule.end, state.step, desc)
+    try:
+        clock, checkpointed = _steps(state, step, schedule, row, evaluate, hooks, bar, postfix)
+    finally:
+        # Closed once, whatever ends the loop: a Ray worker's bar is drawn by the driver until its closing state
+        # arrives (``ray.experimental.tqdm_ray``), so a bar left open would stay on the driver's console.
+        bar.close()
+    if hooks.checkpoint is not None and not checkpointed:
+        hooks.checkpoint()  # the end (or a resume at the end) is always checkpointed
+    return clock
+
+
+def _steps(state: LoopState, step: Callable[[Clock], Metrics], schedule: Schedule, row: Callable[[dict], dict],
+           evaluate: Callable[[], dict] | None, hooks: Hooks, bar: Any,
+           postfix: Callable[[dict], dict[str, str]] | None) -> tuple[Clock, bool]:
+    """``run_loop``'s steps; returns the clock and whether the last step was checkpointed."""
     clock = Clock(state.rt, state.seconds)
     checkpointed = False
     while state.step < schedule.end:
@@ -154,7 +173,4 @@ def run_loop(state: LoopState, step: Callable[[Clock], Metrics], schedule: Sched
         if hooks.checkpoint is not None and checkpointed:
             hooks.checkpoint()
         clock.lap("other")
-    bar.close()
-    if hooks.checkpoint is not None and not checkpointed:
-        hooks.checkpoint()  # the end (or a resume at the end) is always checkpointed
-    return clock
+    return clock, checkpointed
