@@ -29,8 +29,8 @@ from orchestrator.mlflow_links import experiment_url, run_url
 from orchestrator.registry import registered_name
 from orchestrator.spaces import TINY as TINY_SPACE
 from orchestrator.sweep import load_sweep
-from orchestrator.sweep.config import draw_points, front_budgets, hardware_info
-from orchestrator.sweep.runner import _check_finished, _recorded_points
+from orchestrator.sweep.config import TrialPoint, draw_points, front_budgets, hardware_info
+from orchestrator.sweep.runner import SweepInterrupted, _check_finished, _recorded_points, check_all_ran
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 from tests.servers import _pids_mentioning, _stop_group
 from tests.test_safe_loading import Payload
@@ -589,3 +589,14 @@ def test_sweep_over_a_kit_device_records_predicted_latency(mlflow_server, tmp_pa
     latency = json.loads(Path(client.download_artifacts(search.info.run_id, "latency.json", str(tmp_path))).read_text())
     assert latency["latency_source"] == "predicted" and latency["method"] == "table-estimate"
     assert latency["node"] == {} and metrics["measured_latency"] == pytest.approx(latency["predicted"])
+
+
+def test_a_sweep_whose_points_did_not_all_run_is_refused_as_interrupted():
+    """Tune catches a Ctrl-C and returns as if the sweep had ended: points neither finished nor failed make the sweep
+    an error (exit non-zero, "run the same command to resume"), not a success with the points that ran."""
+    points = [TrialPoint("flops", t, 0) for t in (0.1, 0.2, 0.3)]
+    done = {points[0].key: {}}
+    check_all_ran("s", points, {p.key: {} for p in points}, [])  # all finished
+    check_all_ran("s", points, done, ["trial 2 failed", "trial 3 failed"])  # the rest failed: reported as failures
+    with pytest.raises(SweepInterrupted, match=r"sweep s stopped with 1 of 3 point\(s\) not run to the end .*resume"):
+        check_all_ran("s", points, done, ["trial 2 failed"])

@@ -42,7 +42,7 @@ from orchestrator.sweep.measure import check_hardware_available
 from orchestrator.sweep.report import compare_fronts
 from orchestrator.sweep.trial import TrialContext, sweep_trial
 
-__all__ = ["SweepResult", "run_sweep", "sweep_cluster", "check_cluster", "META_FILE", "RECORD_ARTIFACT"]
+__all__ = ["SweepResult", "run_sweep", "sweep_cluster", "check_cluster", "check_all_ran", "SweepInterrupted", "META_FILE", "RECORD_ARTIFACT"]
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +351,36 @@ def _run_points(sweep: SweepConfig, todo: list[TrialPoint], ctx: TrialContext, u
                                       # reads (from this folder)
                                       callbacks=[JsonLoggerCallback(), _recorder(on_done, progress)]),
         )
-        grid = tuner.fit()
+        tune_log = logging.getLogger("ray.tune.tune")
+        tune_log.addFilter(_tune_interrupt_notices)
+        try:
+            grid = tuner.fit()
+        finally:
+            tune_log.removeFilter(_tune_interrupt_notices)
         return [redact(str(r.error).splitlines()[0]) if str(r.error) else type(r.error).__name__
                 for r in grid if r.error is not None]
     finally:
         shutil.rmtree(tune_dir, ignore_errors=True)
+
+
+def _tune_interrupt_notices(record: logging.LogRecord) -> bool:
+    """Tune's notices on a Ctrl-C point at ``Tuner.restore`` of its private temp folder, which a sweep never uses
+    (the same command resumes it; ``check_all_ran`` says so): kept off the console."""
+    msg = record.getMessage()
+    return not any(s in msg for s in ("Stop signal received", "Experiment has been interrupted", "Tuner.restore"))
+
+
+class SweepInterrupted(RuntimeError):
+    """Tune returned with points neither finished nor failed: the sweep was stopped (Ctrl-C, SIGTERM)."""
+
+
+def check_all_ran(name: str, points: list[TrialPoint], finished: dict, errors: list[str]) -> None:
+    """Every point finished or failed; otherwise ``SweepInterrupted`` (Tune catches a Ctrl-C and returns as if the
+    sweep had ended: without this check a stopped sweep would exit 0 with its fronts from the points that ran)."""
+    unfinished = [p for p in points if p.key not in finished]
+    if len(unfinished) > len(errors):
+        raise SweepInterrupted(f"sweep {name} stopped with {len(unfinished) - len(errors)} of {len(points)} point(s) "
+                               f"not run to the end (interrupted); run the same command to resume it")
 
 
 def check_cluster(sweep: SweepConfig) -> None:
@@ -444,6 +469,11 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
         lines = SweepProgress(sweep.name, len(points), finished) if progress else None
         errors = _run_points(sweep, todo, ctx, uri, record, lines) if todo else []
         _save_record(meta, write, uri)
+        try:
+            check_all_ran(sweep.name, points, finished, errors)
+        except SweepInterrupted:
+            tracking.end_run(uri, meta["parent_run_id"], "KILLED")  # a resume opens it again
+            raise
     trials = [finished[p.key] for p in points if p.key in finished]
     parent = meta["parent_run_id"]
     pareto, pareto_dir = {}, ""
