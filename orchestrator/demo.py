@@ -83,13 +83,17 @@ def main(out_dir: str = "demo-out", name: str | None = None):
     rep = compare_fronts(result.tracking_uri, [result.name], out / "pareto", f"demo sweep {result.name}")
     lines = [f"demo finished in {time.time() - t0:.0f} s: {len(result.trials)} trials, {len(result.errors)} failed,"
              f" {result.worker_seconds:.0f} worker-seconds (warm-up once: {result.warmup_worker_seconds:.0f})"]
-    for t in sorted(result.trials, key=lambda t: (t["hardware"], t["target"])):
-        lines.append(f"  {t['hardware']:>16} target {t['target']:<8.4g} measured {t['measured_latency']:<8.4g} "
-                     f"{t['unit']:<4} top-1 {t.get('val_accuracy', float('nan')):.3f}  {t['arch']}")
-    for hw, s in rep.summary.items():
+    for hw, s in sorted(rep.summary.items()):
+        # every retrained net of the hardware: a trial's own (search) and those derived under the front budgets;
+        # * marks the non-dominated ones
         f = s["series"][result.name]
-        lines.append(f"  front {hw}: {len(f['front'])}/{len(f['points'])} non-dominated, hypervolume "
+        front = {p["run_id"] for p in f["front"]}
+        lines.append(f"  {hw}: {len(f['points'])} retrained nets, {len(front)} non-dominated (*), hypervolume "
                      f"{f['hypervolume']:.4g} (ref {f['ref_latency']:.4g} {s['unit']} x error 1.0)")
+        for p in sorted(f["points"], key=lambda p: p["latency"]):
+            kind = "trial" if p["point"] == "search" else "front"
+            lines.append(f"   {'*' if p['run_id'] in front else ' '} {kind} budget {float(p['target']):<7.4g} "
+                         f"measured {p['latency']:<7.4g}{s['unit']:<5} top-1 {1 - p['error']:.3f}  {p['label']}")
     experiment_id = tracking.client(result.tracking_uri).get_run(result.parent_run_id).info.experiment_id
     lines += ["where to look:",
               f"  mlflow ui --backend-store-uri {result.tracking_uri}   then "

@@ -115,14 +115,15 @@ def test_sweep_progress_lines_count_trials_and_keep_the_best_within_target(caplo
         for i, pt in enumerate(pts):
             p.started(str(i), pt)
         p.finished("0", pts[0], {"hardware": "flops", "target": 0.2, "measured_latency": 0.15, "unit": "MMAC",
-                                 "val_accuracy": 0.9})
+                                 "val_accuracy": 0.9, "front_points": 2})
         p.finished("1", pts[1], {"hardware": "flops", "target": 0.05, "measured_latency": 0.06, "unit": "MMAC",
                                  "val_accuracy": 0.95})  # over its target: not the best, however accurate
         p.errored("2", pts[2])
     lines = [r.getMessage() for r in caplog.records]
     assert lines[2] == "sweep demo: 1/4 trials done, 3 running, 0 failed | started cpu target 3 seed 1"
     assert lines[3] == ("sweep demo: 2/4 trials done, 2 running, 0 failed | finished flops target 0.2 seed 1: "
-                        "0.15 MMAC measured (within target), top-1 0.900 | best flops: 0.15 MMAC @ top-1 0.900")
+                        "0.15 MMAC measured (within target), top-1 0.900 (+2 front nets) | best flops: 0.15 MMAC @ top-1 "
+                        "0.900")
     assert lines[4].startswith("sweep demo: 3/4 trials done, 1 running, 0 failed | finished flops target 0.05 seed 1:"
                                " 0.06 MMAC measured (over target), top-1 0.950 | best flops: 0.15 MMAC")
     assert lines[5] == "sweep demo: 3/4 trials done, 0 running, 1 failed | failed cpu target 3 seed 1"

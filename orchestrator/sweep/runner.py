@@ -296,8 +296,10 @@ class SweepProgress:
             " (within target)" if measured <= float(point["target"]) else " (over target)")
         got = (f"{measured:.4g} {report.get('unit', '')} measured{within}" if _is_number(measured)
                else "no measurement")
-        progress_log.info("%s | finished %s: %s, top-1 %s | %s", self._counts(), _point_text(point), got,
-                          "-" if acc is None else f"{acc:.3f}", self._best_text())
+        extra = report.get("front_points")  # nets it derived under the grid's front budgets and retrained
+        fronts = f" (+{extra} front net{'s' if extra != 1 else ''})" if _is_number(extra) and extra else ""
+        progress_log.info("%s | finished %s: %s, top-1 %s%s | %s", self._counts(), _point_text(point), got,
+                          "-" if acc is None else f"{acc:.3f}", fronts, self._best_text())
 
     def errored(self, trial_id: str, point: dict) -> None:
         self.running.discard(trial_id)
