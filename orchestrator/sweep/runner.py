@@ -173,17 +173,24 @@ def _check_finished(sweep: SweepConfig, meta: dict, points: list[TrialPoint]) ->
                          f"name")
 
 
+def _check_record(sweep: SweepConfig, meta: dict, resolved: list[TrialPoint], seeds: list[int]) -> list[TrialPoint]:
+    """A resumed sweep's record must be of this config, with its points and finished reports (``_recorded_points``,
+    ``_check_finished``); returns its points."""
+    if meta.get("config") != json.loads(json.dumps(sweep.to_dict())):  # as stored: tuples become lists
+        raise ValueError(f"sweep {sweep.name!r} in {sweep.storage} was started with another config; "
+                         f"refusing to resume it: choose another name")
+    points = _recorded_points(sweep, meta, resolved, seeds)
+    _check_finished(sweep, meta, points)
+    return points
+
+
 def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, resolved: list[TrialPoint],
                             seeds: list[int]) -> tuple[dict, list[TrialPoint], bool]:
     """The sweep's record and MLflow parent run: created once (a sampled grid's points drawn then), reused on
     resume (its stale children closed as KILLED). Returns (record, points, resumed)."""
     meta = read()
     if meta is not None:
-        if meta.get("config") != json.loads(json.dumps(sweep.to_dict())):  # as stored: tuples become lists
-            raise ValueError(f"sweep {sweep.name!r} in {sweep.storage} was started with another config; "
-                             f"refusing to resume it: choose another name")
-        points = _recorded_points(sweep, meta, resolved, seeds)
-        _check_finished(sweep, meta, points)
+        points = _check_record(sweep, meta, resolved, seeds)
         meta["points"] = [dataclasses.asdict(p) for p in points]
         stale = tracking.mark_stale_runs(uri, sweep.name, f"tags.`nas.sweep_run_id` = '{meta['parent_run_id']}'")
         if stale:
@@ -438,6 +445,9 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
     storage = check_storage(sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve()))
     read, write = _meta_io(storage, sweep.name)
     seeds = sorted(set(sweep.seeds) or {cfg.seed})
+    recorded = read()
+    if recorded is not None:  # a record of another config or points is refused before Ray starts (seconds)
+        _check_record(sweep, recorded, points, seeds)
     with ray_session(address, num_cpus):
         check_cluster(sweep)
         meta, points, resumed = _start_or_resume_parent(sweep, uri, read, write, points, seeds)
