@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from orchestrator import storage as st
 from orchestrator import tracking
-from orchestrator.lease import LEASE_FILE, refuse_fresh_over_checkpoint
+from orchestrator.lease import LEASE_FILE, refuse_fresh_over_checkpoint, takeover_line
 from orchestrator.redact import redact
 
 log = logging.getLogger(__name__)
@@ -87,16 +87,25 @@ class LocalRecord:
             tracking.check_tracking_uri(uri)
         return cls(uri)
 
-    def open(self, job: Job, out: Path, experiment: str, name: str, how: dict, fresh: bool,
-             tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> None:
-        """Create the run (``fresh``), or continue the one the folder records while it is unfinished (a resume)."""
+    def open(self, job: Job, out: Path, device: str, experiment: str | None, name: str | None, fresh: bool,
+             tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+             takeover: dict | None = None) -> str:
+        """Create the run (``fresh``), or continue the one the folder records while it is unfinished (a resume);
+        a lease taken over from a dead run is tagged on it. Returns the run's name (``job``'s default unless
+        given)."""
+        name = name or job.default_name()
         if self.uri is None:
-            return
+            return name
+        experiment = experiment or job.experiment
+        how = {"mode": "one process", "device": device, "out": str(out), "name": name}
         if fresh:  # a fresh run is a new MLflow run, whatever the folder held
             (out / RUN_FILE).unlink(missing_ok=True)
         self.run_id, self.reopened = tracked_run(str(out.parent), out.name, self.uri, experiment, lambda: open_run(
             job, self.uri, experiment, name, how, str(out), tags, parent_run_id))
         self.sink = tracking.MetricSink(self.uri, self.run_id)
+        if takeover:
+            tracking.set_tags(self.uri, self.run_id, {"nas.lease_takeover": takeover_line(takeover)})
+        return name
 
     def close(self) -> dict[str, float]:
         """Flush the sink; send what it could not; the tracking counters to record."""

@@ -9,9 +9,8 @@ import json
 import time
 from pathlib import Path
 
-from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
-from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run, takeover_line
+from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run
 from orchestrator.retrain.config import RetrainConfig
 from orchestrator.retrain.jobs import CHECKPOINT_FILE, RetrainJob, RetrainResult
 from orchestrator.retrain.loop import RetrainState, retrain_state_dict, train_net
@@ -47,12 +46,7 @@ def _retrain(job: RetrainJob, cfg: RetrainConfig, rec: LocalRecord, out: Path, r
     clear_for_fresh_run(out, CHECKPOINT_FILE, "retrain", resume, overwrite)
     ckpt = out / CHECKPOINT_FILE
     saved = load_state(ckpt, "retrain checkpoint") if resume and ckpt.exists() else None
-    name = name or job.default_name()
-    experiment = experiment or job.experiment
-    how = {"mode": "one process", "device": str(rt.device), "out": str(out), "name": name}
-    rec.open(job, out, experiment, name, how, saved is None, tags, parent_run_id)
-    if takeover and rec.run_id is not None:
-        tracking.set_tags(rec.uri, rec.run_id, {"nas.lease_takeover": takeover_line(takeover)})
+    name = rec.open(job, out, str(rt.device), experiment, name, saved is None, tags, parent_run_id, takeover)
     done = saved["step"] // saved["steps_per_epoch"] if saved is not None else 0
 
     def on_row(state: RetrainState, row: dict) -> None:

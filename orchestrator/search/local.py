@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator import tracking
 from orchestrator.export import atomic_write_bytes
-from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run, takeover_line
+from orchestrator.lease import acquire_lease, check_run_flags, clear_for_fresh_run
 from orchestrator.runs import LocalRecord, RunInfo, close_run
 from orchestrator.search.config import SearchConfig
 from orchestrator.search.jobs import SearchJob, SearchRun, curve_metrics
@@ -49,12 +49,7 @@ def _search(cfg: SearchConfig, job: SearchJob, rec: LocalRecord, out: Path, rt: 
     clear_for_fresh_run(out, CHECKPOINT, "search", resume, overwrite, also=(RESULT,))
     ckpt = out / CHECKPOINT
     saved = load_checkpoint(ckpt) if resume and ckpt.exists() else None
-    name = name or job.default_name()
-    experiment = experiment or job.experiment
-    how = {"mode": "one process", "device": str(rt.device), "out": str(out), "name": name}
-    rec.open(job, out, experiment, name, how, saved is None, tags, parent_run_id)
-    if takeover and rec.run_id is not None:
-        tracking.set_tags(rec.uri, rec.run_id, {"nas.lease_takeover": takeover_line(takeover)})
+    name = rec.open(job, out, str(rt.device), experiment, name, saved is None, tags, parent_run_id, takeover)
     # a resumed run replays no step, but its last curve points may have been logged after its last checkpoint
     logged = tracking.logged_steps(rec.uri, rec.run_id, "loss") if rec.reopened else set()
 
