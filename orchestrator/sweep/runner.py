@@ -184,13 +184,13 @@ def _check_record(sweep: SweepConfig, meta: dict, resolved: list[TrialPoint], se
     return points
 
 
-def _start_or_resume_parent(sweep: SweepConfig, uri: str, read, write, resolved: list[TrialPoint],
-                            seeds: list[int]) -> tuple[dict, list[TrialPoint], bool]:
+def _start_or_resume_parent(sweep: SweepConfig, uri: str, meta: dict | None, recorded: list[TrialPoint] | None,
+                            write, resolved: list[TrialPoint], seeds: list[int]) -> tuple[dict, list[TrialPoint], bool]:
     """The sweep's record and MLflow parent run: created once (a sampled grid's points drawn then), reused on
-    resume (its stale children closed as KILLED). Returns (record, points, resumed)."""
-    meta = read()
+    resume (``meta``, the stored record, with ``recorded``, its points as ``_check_record`` checked them; its stale
+    children closed as KILLED). Returns (record, points, resumed)."""
     if meta is not None:
-        points = _check_record(sweep, meta, resolved, seeds)
+        points = recorded or []
         meta["points"] = [dataclasses.asdict(p) for p in points]
         stale = tracking.mark_stale_runs(uri, sweep.name, f"tags.`nas.sweep_run_id` = '{meta['parent_run_id']}'")
         if stale:
@@ -445,12 +445,12 @@ def _run_sweep(sweep: SweepConfig, address: str | None = None, num_cpus: int | N
     storage = check_storage(sweep.storage if "://" in sweep.storage else str(Path(sweep.storage).resolve()))
     read, write = _meta_io(storage, sweep.name)
     seeds = sorted(set(sweep.seeds) or {cfg.seed})
-    recorded = read()
-    if recorded is not None:  # a record of another config or points is refused before Ray starts (seconds)
-        _check_record(sweep, recorded, points, seeds)
+    # a record of another config or points is refused before Ray starts (seconds); read once: the lease is held
+    stored = read()
+    recorded = _check_record(sweep, stored, points, seeds) if stored is not None else None
     with ray_session(address, num_cpus):
         check_cluster(sweep)
-        meta, points, resumed = _start_or_resume_parent(sweep, uri, read, write, points, seeds)
+        meta, points, resumed = _start_or_resume_parent(sweep, uri, stored, recorded, write, points, seeds)
         meta["storage"] = f"{storage.rstrip('/')}/{sweep.name}"
         _describe_parent(uri, meta["parent_run_id"], sweep.name)
         warm_ws = _run_warmups(sweep, cfg, uri, meta, write, seeds, progress) if sweep.shared_warmup else 0.0
