@@ -331,22 +331,26 @@ def resolve_points(sweep: SweepConfig, info: Mapping[str, HardwareInfo], default
     points = []
     for g in sweep.grid:
         hw = info[g.hardware]
-        lo, hi = hw.bounds
         if g.sampled:
             _check_target(hw, g.low, space)
             _check_target(hw, g.high, space)
             continue
-        targets = g.targets or tuple(round(lo + r * (hi - lo), 6) for r in g.relative)
+        targets = g.targets or in_range(g.relative, hw.bounds)
         for t in (*targets, *front_budgets(g, hw)):
             _check_target(hw, t, space)
         points += [TrialPoint(g.hardware, t, s) for s in seeds for t in targets]
     return points
 
 
+def in_range(positions: Sequence[float], bounds: tuple[float, float]) -> tuple[float, ...]:
+    """Positions in (0, 1] of a reachable range (0 = fastest net, 1 = largest) as values in its unit."""
+    lo, hi = bounds
+    return tuple(round(lo + r * (hi - lo), 6) for r in positions)
+
+
 def front_budgets(g: HardwareGrid, hw: HardwareInfo) -> tuple[float, ...]:
     """The grid entry's extra front budgets in its hardware's unit (``front_relative`` placed in its range)."""
-    lo, hi = hw.bounds
-    return g.front or tuple(round(lo + r * (hi - lo), 6) for r in g.front_relative)
+    return g.front or in_range(g.front_relative, hw.bounds)
 
 
 def draw_target(g: HardwareGrid, rng: random.Random) -> float:
